@@ -1,0 +1,14 @@
+"""Data layer: refer-format reader, Hugging Face forms, masks, and the sample records."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def default_data_root() -> Path:
+    """``$EVFBENCH_DATA``, else ``$XDG_CACHE_HOME/evfbench/data`` (``~/.cache/evfbench/data``)."""
+    if os.environ.get("EVFBENCH_DATA"):
+        return Path(os.environ["EVFBENCH_DATA"]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
+    return cache / "evfbench" / "data"
