@@ -65,6 +65,7 @@ class ModelCard:
     args: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, WeightTag] = field(default_factory=dict)
     uses_ground_truth: bool = False
+    group: str = "model"  # reference | external | evf_sam | baseline | test
     path: Path | None = None
 
 
@@ -113,6 +114,7 @@ def model_cards() -> dict[str, ModelCard]:
             args=dict(data.get("args") or {}),
             tags=tags,
             uses_ground_truth=bool(data.get("uses_ground_truth", False)),
+            group=data.get("group", "model"),
             path=path,
         )
     return cards

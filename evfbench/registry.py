@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from typing import Any
 
-from evfbench.cards import ModelCard, SplitCard, model_cards, split_cards
+from evfbench.cards import ModelCard, SplitCard, model_cards, registry_root, split_cards
+from evfbench.errors import EvfbenchError
 from evfbench.models.base import SegmentationModel
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(EvfbenchError, KeyError):
     """An unknown model or split name; the message offers the closest known names."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class MissingBackendError(EvfbenchError, ImportError):
+    """A model whose optional backend package is not installed."""
 
 
 def _unknown(kind: str, name: str, known: list[str], listing: str) -> UnknownNameError:
@@ -65,12 +71,21 @@ def get_split(name: str) -> SplitCard:
     return cards[name]
 
 
+REGISTRY_PREFIX = "registry:"
+
+
 def model_args(name: str, **overrides: Any) -> dict[str, Any]:
-    """The builder arguments for ``name``: card defaults, then the tag's, then ``overrides``."""
+    """The builder arguments for ``name``: card defaults, then the tag's, then ``overrides``.
+
+    A card value ``registry:weights/x`` names a file shipped with the cards and becomes its path.
+    """
     card, tag = get_model_card(name)
     args = dict(card.args)
     if tag:
         args.update(card.tags[tag].args)
+    for key, value in args.items():
+        if isinstance(value, str) and value.startswith(REGISTRY_PREFIX):
+            args[key] = str(registry_root() / value[len(REGISTRY_PREFIX):])
     args.update(overrides)
     return args
 
@@ -81,7 +96,7 @@ def _import_builder(card: ModelCard) -> Any:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         extras = ",".join(card.extras) or "all"
-        raise ImportError(
+        raise MissingBackendError(
             f"model '{card.name}' needs the optional package '{err.name}', which is not installed.\n"
             f"  fix: pip install 'evfbench[{extras}]' -c constraints.txt   (see README, set-up)"
         ) from err
@@ -92,4 +107,12 @@ def create_model(name: str, **overrides: Any) -> SegmentationModel:
     """Build a registered model: ``create_model("box")``, ``create_model("evf_sam.multitask")``."""
     card, _ = get_model_card(name)
     builder = _import_builder(card)
-    return builder(**model_args(name, **overrides))
+    args = model_args(name, **overrides)
+    try:
+        inspect.signature(builder).bind(**args)
+    except TypeError as err:
+        raise EvfbenchError(
+            f"model '{name}' cannot take the arguments {sorted(args)}: {err}.\n"
+            f"  it accepts: {inspect.signature(builder)}  (card: {card.path})"
+        ) from err
+    return builder(**args)

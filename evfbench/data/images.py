@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from evfbench.errors import EvfbenchError
 
-class ImageError(RuntimeError):
+
+class ImageError(EvfbenchError):
     """An image that is missing, unreadable or not the size its annotation file says."""
 
 
