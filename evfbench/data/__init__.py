@@ -12,3 +12,9 @@ def default_data_root() -> Path:
         return Path(os.environ["EVFBENCH_DATA"]).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
     return cache / "evfbench" / "data"
+
+
+# Imported after default_data_root, which the reader itself uses.
+from evfbench.data.refer import load_split  # noqa: E402
+
+__all__ = ["default_data_root", "load_split"]
