@@ -1,0 +1,64 @@
+"""The main job on the embedded default: ``make demo`` runs this.
+
+1. build the synthetic ``shapes`` benchmark (refer layout; skipped when already built);
+2. evaluate the reference rows and every model whose card ships trained ``shapes`` weights
+   on shapes val/testA/testB (resumable: a rerun only does what is missing);
+3. write the comparison tables (CSV, markdown, LaTeX) and overlay galleries to ``reports/shapes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from evfbench import gallery, report, run
+from evfbench.cards import model_cards
+from evfbench.data import default_data_root
+from evfbench.errors import EvfbenchError
+from evfbench.prep import shapes
+from evfbench.registry import model_args
+
+SPLITS = ["shapes_val", "shapes_testA", "shapes_testB"]
+REFERENCE_ROWS = ["oracle", "empty", "box", "all_objects", "largest"]
+
+
+def trained_models() -> list[str]:
+    """``arch.shapes`` for every card whose ``shapes`` tag ships trained weights."""
+    names = []
+    for card in model_cards().values():
+        if "shapes" in card.tags:
+            weights = model_args(f"{card.name}.shapes").get("weights")
+            if weights and Path(weights).exists():
+                names.append(f"{card.name}.shapes")
+    return sorted(names)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evfbench.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--runs", type=Path, default=Path("runs/demo"))
+    p.add_argument("--reports", type=Path, default=Path("reports/shapes"))
+    args = p.parse_args(argv)
+    data_root = args.data_root or default_data_root()
+    try:
+        if shapes.main(["shapes", "--data-root", str(data_root)]):
+            return 1
+        models = REFERENCE_ROWS + trained_models()
+        run.run(models, SPLITS, data_root=data_root, output_dir=args.runs, resume=True, save_masks=True)
+        report.main(["--results", str(args.runs), "--layout", "shapes", "--output-dir", str(args.reports),
+                     "--title", "shapes benchmark (embedded default)"])
+        for split in SPLITS:
+            out = args.reports / f"gallery_{split}.png"
+            runs = [args.runs / f"{m}__{split}" for m in models if m not in {"empty", "all_objects"}]
+            gallery.render_gallery(runs, split, out, data_root, n=6)
+            print(f"wrote {out}")
+    except EvfbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Reports: measured tables in the paper's layouts, published rows beside, galleries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from evfbench.errors import EvfbenchError
+from evfbench.gallery import GT_COLOUR, overlay, render_gallery
+from evfbench.prep.shapes import build_shapes
+from evfbench.report import main as report_main
+from evfbench.report import write_tables
+from evfbench.run import run
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("data")
+    build_shapes(root, n_images={"train": 2, "val": 6, "testA": 4, "testB": 4}, seed=0, progress=False)
+    runs = tmp_path_factory.mktemp("runs")
+    out = run(["oracle", "box", "largest"], ["shapes_val", "shapes_testA", "shapes_testB"], data_root=root,
+              output_dir=runs, save_masks=True)
+    run(["empty"], ["shapes_val"], data_root=root, output_dir=runs)  # a partial row: no average
+    return root, runs, {(r["model"], r["split"]): r["metrics"] for r in out}
+
+
+def test_shapes_table_matches_results(evaluated, tmp_path: Path) -> None:
+    _, runs, metrics = evaluated
+    tables = write_tables([runs], tmp_path, "shapes", published=[])
+    ciou = tables["ciou"].set_index("model")
+    for (model, split), m in metrics.items():
+        assert ciou.loc[model, split] == pytest.approx(100 * m["ciou"])
+    box = [100 * metrics[("box", s)]["ciou"] for s in ("shapes_val", "shapes_testA", "shapes_testB")]
+    assert ciou.loc["box", "avg"] == pytest.approx(sum(box) / 3)
+    assert pd.isna(ciou.loc["empty", "avg"]) and pd.isna(ciou.loc["empty", "shapes_testA"])
+    assert ciou.loc["oracle", "source"] == "measured (reads ground truth)"
+    assert ciou.index[0] == "oracle"  # reference rows first, by average
+    giou = pd.read_csv(tmp_path / "giou.csv").set_index("model")
+    assert giou.loc["box", "shapes_val"] == pytest.approx(100 * metrics[("box", "shapes_val")]["giou"], abs=1e-4)
+    readme = (tmp_path / "README.md").read_text()
+    assert "Metric convention: evf_sam/lisa" in readme and "| oracle" in readme
+    assert (tmp_path / "ciou.tex").read_text().startswith("\\begin{tabular}")
+
+
+def test_published_rows_are_marked(evaluated, tmp_path: Path) -> None:
+    _, runs, _ = evaluated
+    tables = write_tables([runs], tmp_path, "refcoco", published=["tab2_res_sota", "tab6_foundation"])
+    ciou = tables["ciou"]
+    evf = ciou[ciou["model"] == "EVF-SAM"].iloc[0]
+    assert evf["source"] == "published, Tab.2"
+    assert (evf["refcoco_val"], evf["refcoco_testA"], evf["refcocog_test"], evf["avg"]) == (82.1, 83.7, 77.4, 78.0)
+    assert set(ciou["source"]) <= {"published, Tab.2", "published, Tab.6"}  # nothing measured on RefCOCO here
+    with pytest.raises(EvfbenchError, match="no published card 'tab9'"):
+        write_tables([runs], tmp_path, "refcoco", published=["tab9"])
+
+
+def test_report_cli_and_missing_results(evaluated, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, runs, _ = evaluated
+    assert report_main(["--results", str(runs), "--layout", "shapes", "--output-dir", str(tmp_path / "r")]) == 0
+    assert "| oracle" in capsys.readouterr().out
+    assert report_main(["--results", str(tmp_path / "none"), "--output-dir", str(tmp_path / "r")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+def test_gallery_draws_every_model(evaluated, tmp_path: Path) -> None:
+    root, runs, _ = evaluated
+    out = render_gallery([runs / "oracle__shapes_val", runs / "box__shapes_val"], "shapes_val",
+                         tmp_path / "g.png", root, n=3)
+    with Image.open(out) as im:
+        assert im.size == (int(3 * 2.4 * 80), int(3 * 2.6 * 80))  # 3 columns x 3 sentences at 80 dpi
+    with pytest.raises(EvfbenchError, match="--save-masks"):
+        render_gallery([runs / "empty__shapes_val"], "shapes_val", tmp_path / "h.png", root)
+
+
+def test_overlay_dims_outside_and_outlines_the_mask() -> None:
+    image = np.full((8, 8, 3), 200, np.uint8)
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    out = overlay(image, mask, GT_COLOUR)
+    assert (out[0, 0] == 70).all()  # 200 * 0.35
+    assert (out[2, 2] == GT_COLOUR).all() and (out[2, 4] == GT_COLOUR).all()  # the border
+    assert (out[3, 3] == 200).all()  # the inside keeps its colour
