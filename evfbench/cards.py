@@ -4,7 +4,7 @@
 ``registry/splits/<dataset>.yaml`` one dataset, its partitions (``split_by``) and their splits
 ``registry/published/<table>.yaml`` published numbers, each row with its source
 
-The folder ships inside the wheel as the package ``evfbench.registry``; in a source checkout
+The folder ships inside the wheel as ``evfbench/_registry``; in a source checkout
 it is the top-level ``registry/`` folder. Cards are data: adding a split or a weight tag
 needs no code.
 """
@@ -25,7 +25,7 @@ def registry_root() -> Path:
     checkout = Path(__file__).resolve().parent.parent / "registry"
     if checkout.is_dir():
         return checkout
-    return Path(str(resources.files("evfbench.registry")))
+    return Path(str(resources.files("evfbench") / "_registry"))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -75,3 +75,19 @@ def test_missing_backend_names_the_extra(monkeypatch) -> None:
     monkeypatch.setattr("evfbench.registry.model_cards", lambda: {"needs": card})
     with pytest.raises(MissingBackendError, match=r"pip install 'evfbench\[sam\]'"):
         create_model("needs")
+
+
+def test_every_card_ships_in_the_wheel() -> None:
+    """registry/ becomes evfbench/_registry in the wheel through package-data globs; a card
+    that no glob matches would exist in a checkout but not in an installed package."""
+    import fnmatch
+    import tomllib
+
+    pyproject = tomllib.loads((registry_root().parent / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["evfbench._registry"]
+    assert pyproject["tool"]["setuptools"]["package-dir"]["evfbench._registry"] == "registry"
+    for path in registry_root().rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            rel = path.relative_to(registry_root()).as_posix()
+            depth_ok = [g for g in globs if fnmatch.fnmatch(rel, g) and g.count("/") == rel.count("/")]
+            assert depth_ok, f"{rel} matches no package-data glob {globs}"
