@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import pandas as pd
 
 from evfbench.cards import model_cards, split_cards
+
+
+def first_sentence(text: str, limit: int = 110) -> str:
+    """The card's opening sentence ("et al." does not end one), cut to ``limit`` characters."""
+    head = re.split(r"(?<!et al)\.\s+(?=[A-Z(])", text, maxsplit=1)[0].rstrip(".")
+    return head if len(head) <= limit else head[: limit - 1].rstrip() + "…"
 
 
 def models_table() -> pd.DataFrame:
@@ -18,7 +25,7 @@ def models_table() -> pd.DataFrame:
             "group": card.group,
             "weights": ", ".join(f"{card.name}.{t}" for t in card.tags) or "-",
             "extras": ",".join(card.extras) or "-",
-            "description": card.description.split(". ")[0].rstrip("."),
+            "description": first_sentence(card.description),
         })
     return pd.DataFrame(rows).sort_values(["group", "model"]).reset_index(drop=True)
 
