@@ -21,6 +21,10 @@ from evfbench.registry import model_args
 
 SPLITS = ["shapes_val", "shapes_testA", "shapes_testB"]
 REFERENCE_ROWS = ["oracle", "empty", "box", "all_objects", "largest"]
+NOTE = ("Regenerate with `make demo` (`python -m evfbench.demo`): it builds the corpus with "
+        "`python -m evfbench.prep shapes` (seed 0), evaluates the reference rows and every model card's "
+        "`shapes` weights with `python -m evfbench.run`, and writes this folder. `all_objects` and `largest` "
+        "ignore the text: a model that reads the expression must beat them by a wide margin.")
 
 
 def trained_models() -> list[str]:
@@ -47,17 +51,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         models = REFERENCE_ROWS + trained_models()
         run.run(models, SPLITS, data_root=data_root, output_dir=args.runs, resume=True, save_masks=True)
-        report.main(["--results", str(args.runs), "--layout", "shapes", "--output-dir", str(args.reports),
-                     "--title", "shapes benchmark (embedded default)"])
         for split in SPLITS:
             out = args.reports / f"gallery_{split}.png"
             runs = [args.runs / f"{m}__{split}" for m in models if m not in {"empty", "all_objects"}]
             gallery.render_gallery(runs, split, out, data_root, n=6)
             print(f"wrote {out}")
+        return report.main(["--results", str(args.runs), "--layout", "shapes", "--output-dir", str(args.reports),
+                            "--title", "shapes benchmark (embedded default)", "--note", NOTE])
     except EvfbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

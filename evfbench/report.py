@@ -92,6 +92,12 @@ def published_table(names: list[str], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "source", *columns, "avg"])
 
 
+def _markdown(pretty: pd.DataFrame) -> str:
+    """Numbers right-aligned, kept exactly as formatted (no re-parsing by tabulate)."""
+    align = ["left", "left"] + ["right"] * (len(pretty.columns) - 2)
+    return pretty.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
 def _format(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for c in out.columns[2:]:
@@ -105,6 +111,7 @@ def write_tables(
     layout: str,
     published: list[str],
     title: str | None = None,
+    note: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Build and write the tables; returns them keyed by metric."""
     if layout not in LAYOUTS:
@@ -126,6 +133,8 @@ def write_tables(
                 "rows marked `reads ground truth` are reference bounds, not models; `published` rows are "
                 "copied from the paper's tables (registry/published/) and were not measured here. "
                 "AVG is shown only when every column of the row is present.", ""]
+    if note:
+        sections += [note, ""]
     for metric, label in METRICS.items():
         table = measured_table(long, columns, metric)
         if metric == "ciou" and published:  # papers report cIoU; their gIoU columns are sparse
@@ -133,9 +142,12 @@ def write_tables(
         tables[metric] = table
         pretty = _format(table)
         atomic_write_text(output_dir / f"{metric}.csv", table.to_csv(index=False, float_format="%.4f"))
-        atomic_write_text(output_dir / f"{metric}.md", pretty.to_markdown(index=False, disable_numparse=True) + "\n")
+        atomic_write_text(output_dir / f"{metric}.md", _markdown(pretty) + "\n")
         atomic_write_text(output_dir / f"{metric}.tex", pretty.to_latex(index=False, escape=True))
-        sections += [f"## {label}", "", pretty.to_markdown(index=False, disable_numparse=True), ""]
+        sections += [f"## {label}", "", _markdown(pretty), ""]
+    galleries = sorted(output_dir.glob("gallery_*.png"))
+    if galleries:
+        sections += ["## Galleries", ""] + [f"![{g.stem}]({g.name})" for g in galleries] + [""]
     atomic_write_text(output_dir / "README.md", "\n".join(sections))
     return tables
 
@@ -150,15 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                    "(e.g. tab2_res_sota,tab6_foundation; see registry/published)")
     p.add_argument("--output-dir", type=Path, default=Path("reports"))
     p.add_argument("--title", default=None)
+    p.add_argument("--note", default=None, help="a paragraph for the README (e.g. how to regenerate)")
     args = p.parse_args(argv)
     try:
         tables = write_tables(args.results, args.output_dir, args.layout,
-                              [n for n in args.published.split(",") if n], args.title)
+                              [n for n in args.published.split(",") if n], args.title, args.note)
     except EvfbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"cIoU (%), {args.layout} layout; convention: EVF-SAM/LISA (see {args.output_dir / 'README.md'})\n")
-    print(_format(tables["ciou"]).to_markdown(index=False, disable_numparse=True))
+    print(_markdown(_format(tables["ciou"])))
     print(f"\nwrote {args.output_dir}/{{ciou,giou}}.{{csv,md,tex}} and README.md")
     return 0
 
