@@ -15,7 +15,7 @@ from pathlib import Path
 from evfbench import gallery, report, run
 from evfbench.cards import model_cards
 from evfbench.data import default_data_root
-from evfbench.errors import EvfbenchError
+from evfbench.errors import cli
 from evfbench.prep import shapes
 from evfbench.registry import model_args
 
@@ -38,6 +38,7 @@ def trained_models() -> list[str]:
     return sorted(names)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evfbench.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,21 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reports", type=Path, default=Path("reports/shapes"))
     args = p.parse_args(argv)
     data_root = args.data_root or default_data_root()
-    try:
-        if shapes.main(["shapes", "--data-root", str(data_root)]):
-            return 1
-        models = REFERENCE_ROWS + trained_models()
-        run.run(models, SPLITS, data_root=data_root, output_dir=args.runs, resume=True, save_masks=True)
-        for split in SPLITS:
-            out = args.reports / f"gallery_{split}.png"
-            runs = [args.runs / f"{m}__{split}" for m in models if m not in {"empty", "all_objects"}]
-            gallery.render_gallery(runs, split, out, data_root, n=6)
-            print(f"wrote {out}")
-        return report.main(["--results", str(args.runs), "--layout", "shapes", "--output-dir", str(args.reports),
-                            "--title", "shapes benchmark (embedded default)", "--note", NOTE])
-    except EvfbenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if shapes.main(["shapes", "--data-root", str(data_root)]):
+        return 1
+    models = REFERENCE_ROWS + trained_models()
+    run.run(models, SPLITS, data_root=data_root, output_dir=args.runs, resume=True, save_masks=True)
+    for split in SPLITS:
+        out = args.reports / f"gallery_{split}.png"
+        runs = [args.runs / f"{m}__{split}" for m in models if m not in {"empty", "all_objects"}]
+        gallery.render_gallery(runs, split, out, data_root, n=6)
+        print(f"wrote {out}")
+    return report.main(["--results", str(args.runs), "--layout", "shapes", "--output-dir", str(args.reports),
+                        "--title", "shapes benchmark (embedded default)", "--note", NOTE])
 
 
 if __name__ == "__main__":

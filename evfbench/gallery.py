@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from evfbench.data import default_data_root, load_split
 from evfbench.data.masks import decode_rle
-from evfbench.errors import EvfbenchError
+from evfbench.errors import EvfbenchError, cli
 from evfbench.io import atomic_write_bytes
 from evfbench.registry import get_split
 from evfbench.results import RESULTS, iter_samples
@@ -94,6 +94,7 @@ def render_gallery(runs: list[Path], split: str, output: Path, data_root: Path |
     return output
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evfbench.gallery", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = sorted(d for d in args.runs.glob(f"*__{card.name}") if (d / RESULTS).is_file())
     if wanted:
         runs = [args.runs / f"{m}__{card.name}" for m in wanted]
-    try:
-        path = render_gallery(runs, card.name, args.output, args.data_root, args.n)
-    except EvfbenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    path = render_gallery(runs, card.name, args.output, args.data_root, args.n)
     print(f"wrote {path}")
     return 0
 

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from evfbench.cards import model_cards, published_tables
-from evfbench.errors import EvfbenchError
+from evfbench.errors import EvfbenchError, cli
 from evfbench.io import atomic_write_text
 from evfbench.metrics import CONVENTION
 from evfbench.results import load_results
@@ -152,6 +152,7 @@ def write_tables(
     return tables
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evfbench.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,12 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", default=None)
     p.add_argument("--note", default=None, help="a paragraph for the README (e.g. how to regenerate)")
     args = p.parse_args(argv)
-    try:
-        tables = write_tables(args.results, args.output_dir, args.layout,
-                              [n for n in args.published.split(",") if n], args.title, args.note)
-    except EvfbenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    tables = write_tables(args.results, args.output_dir, args.layout,
+                          [n for n in args.published.split(",") if n], args.title, args.note)
     print(f"cIoU (%), {args.layout} layout; convention: EVF-SAM/LISA (see {args.output_dir / 'README.md'})\n")
     print(_markdown(_format(tables["ciou"])))
     print(f"\nwrote {args.output_dir}/{{ciou,giou}}.{{csv,md,tex}} and README.md")

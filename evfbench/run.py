@@ -35,7 +35,7 @@ from evfbench.data import default_data_root, load_split
 from evfbench.data.masks import encode_rle
 from evfbench.data.types import ImageGroup
 from evfbench.distributed import Context, distributed
-from evfbench.errors import EvfbenchError
+from evfbench.errors import EvfbenchError, cli
 from evfbench.io import atomic_write_json
 from evfbench.metrics import CONVENTION, MetricAccumulator, add_exact, intersection_union
 from evfbench.models.base import SegmentationModel
@@ -285,25 +285,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(
-            models=[m for m in args.model.split(",") if m],
-            splits=[s for s in args.split.split(",") if s],
-            data_root=args.data_root,
-            output_dir=args.output_dir,
-            model_args=parse_model_args(args.model_args),
-            limit=args.limit,
-            batch_size=args.batch_size,
-            device=args.device,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            save_masks=args.save_masks,
-        )
-    except EvfbenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run(
+        models=[m for m in args.model.split(",") if m],
+        splits=[s for s in args.split.split(",") if s],
+        data_root=args.data_root,
+        output_dir=args.output_dir,
+        model_args=parse_model_args(args.model_args),
+        limit=args.limit,
+        batch_size=args.batch_size,
+        device=args.device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        save_masks=args.save_masks,
+    )
     return 0
 
 

@@ -10,6 +10,8 @@ import difflib
 import importlib
 import sys
 
+from evfbench.errors import cli
+
 PIPELINES = {
     "shapes": "evfbench.prep.shapes",
     "refcoco": "evfbench.prep.refer",
@@ -20,6 +22,7 @@ PIPELINES = {
 }
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help"}:
