@@ -15,7 +15,11 @@ decoder, with the no-mask dense prompt. Masks at the original size, logits > 0.
 The network :class:`EvfSamNet` has the official parameter names (``visual_model.*``,
 ``mm_extractor.beit3.*``, ``text_hidden_fcs.0.{0,2}.*``); :meth:`EvfSam.save_pretrained`
 writes the official folder layout and the builders read it back (``weights=FOLDER`` or a
-Hugging Face id). Test architectures (``evf_sam_tiny``, ``evf_sam2_tiny``) use the same code
+Hugging Face id). ``fusion`` selects the prompt feature (paper Tab. 3): ``early`` (the paper,
+default), ``text`` (BEiT-3 on the text alone, its [CLS] ``<s>`` projected) or ``late`` (image-only
+and text-only passes, the two [CLS] concatenated: the projector takes ``2 D``). Official
+checkpoints are ``early``; ``config.json`` records ``fusion`` only when it is another one.
+Test architectures (``evf_sam_tiny``, ``evf_sam2_tiny``) use the same code
 with tiny sizes, recorded in ``config.json`` under ``beit3_config`` / ``sam_config``.
 
 Tokenization does not use transformers (see :mod:`.tokenizer`): any transformers version,
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +66,7 @@ from evfbench.models.sam_backends import (
 )
 from evfbench.models.tokenizer import BeitTokenizer
 
-__all__ = ["EvfConfig", "EvfSamNet", "EvfSam", "EvfImageEmbedding", "evf_sam", "evf_sam2", "DTYPES", "BEIT3_PRETRAINING_HEADS"]
+__all__ = ["FUSIONS", "EvfConfig", "EvfSamNet", "EvfSam", "EvfImageEmbedding", "evf_sam", "evf_sam2", "DTYPES", "BEIT3_PRETRAINING_HEADS"]
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -71,6 +75,7 @@ DTYPES = {
 }
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _FAMILIES = {"sam": (Sam1Backend, SAM_CONFIGS, SamConfig), "sam2": (Sam2Backend, SAM2_CONFIGS, Sam2Config)}
+FUSIONS = ("early", "text", "late")
 _OFFICIAL_BEIT3_SCALES = ("base", "large")
 _OFFICIAL_SAM_SCALES = {"sam": ("huge", "large", "base"), "sam2": ("large", "base_plus", "small", "tiny")}
 
@@ -84,12 +89,23 @@ BEIT3_PRETRAINING_HEADS = (
 # ---- configuration ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EvfConfig:
-    """An EVF-SAM architecture: which SAM (``family``), the BEiT-3 and SAM sizes, projector width."""
+    """An EVF-SAM architecture: which SAM (``family``), the BEiT-3 and SAM sizes, projector
+    width, and how text and image meet (``fusion``, one of :data:`FUSIONS`)."""
 
     family: str
     beit3: Beit3Config
     sam: SamConfig | Sam2Config
     out_dim: int = 256
+    fusion: str = "early"
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise EvfbenchError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
+
+    @property
+    def projector_in_dim(self) -> int:
+        """``D``, or ``2 D`` for late fusion (image [CLS] and text [CLS] concatenated)."""
+        return self.beit3.embed_dim * (2 if self.fusion == "late" else 1)
 
     @classmethod
     def create(
@@ -100,6 +116,7 @@ class EvfConfig:
         beit3_config: dict[str, Any] | None = None,
         sam_config: dict[str, Any] | None = None,
         out_dim: int | None = None,
+        fusion: str = "early",
     ) -> "EvfConfig":
         """From preset names (``BEIT3_CONFIGS``, ``SAM_CONFIGS`` / ``SAM2_CONFIGS``) or explicit
         dicts (which win over the names)."""
@@ -122,7 +139,7 @@ class EvfConfig:
         prompt_dim = sam.prompt_dim
         if out_dim is not None and int(out_dim) != prompt_dim:
             raise EvfbenchError(f"out_dim {out_dim} differs from the SAM prompt width {prompt_dim}")
-        return cls(family=family, beit3=beit3, sam=sam, out_dim=prompt_dim)
+        return cls(family=family, beit3=beit3, sam=sam, out_dim=prompt_dim, fusion=fusion)
 
     @property
     def architecture(self) -> str:
@@ -144,7 +161,7 @@ class EvfConfig:
 
     def differences(self, other: "EvfConfig") -> list[str]:
         out = []
-        for name in ("family", "beit3", "sam", "out_dim"):
+        for name in ("family", "beit3", "sam", "out_dim", "fusion"):
             if getattr(self, name) != getattr(other, name):
                 out.append(f"{name}: {getattr(self, name)} vs {getattr(other, name)}")
         return out
@@ -168,6 +185,8 @@ class EvfConfig:
             data["beit3_config"] = self.beit3.to_dict()
         if sam == "custom":
             data["sam_config"] = self.sam.to_dict()
+        if self.fusion != "early":  # official files have no such key: absent means early
+            data["fusion"] = self.fusion
         return data
 
     @classmethod
@@ -189,6 +208,7 @@ class EvfConfig:
                 beit3_config=data.get("beit3_config"),
                 sam_config=data.get("sam_config"),
                 out_dim=data.get("out_dim"),
+                fusion=data.get("fusion", "early"),
             )
         except (EvfbenchError, ValueError, TypeError) as err:
             raise CheckpointError(f"{source}: {err}") from err
@@ -219,7 +239,8 @@ class EvfSamNet(nn.Module):
     """The EVF-SAM network with the official parameter names.
 
     ``visual_model``: stock SAM / SAM-2; ``mm_extractor.beit3``: :class:`BEiT3`;
-    ``text_hidden_fcs``: ``ModuleList([Sequential(Linear(D, D), ReLU, Linear(D, out_dim))])``.
+    ``text_hidden_fcs``: ``ModuleList([Sequential(Linear(D_in, D), ReLU, Linear(D, out_dim))])``
+    with ``D_in = D`` (``2 D`` for late fusion).
     """
 
     def __init__(self, config: EvfConfig) -> None:
@@ -230,7 +251,9 @@ class EvfSamNet(nn.Module):
         self.visual_model = self.backend.build()
         self.mm_extractor = BEiT3Wrapper(config.beit3)
         d = config.beit3.embed_dim
-        self.text_hidden_fcs = nn.ModuleList([nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, config.out_dim))])
+        self.text_hidden_fcs = nn.ModuleList(
+            [nn.Sequential(nn.Linear(config.projector_in_dim, d), nn.ReLU(), nn.Linear(d, config.out_dim))]
+        )
 
     @property
     def beit3(self) -> BEiT3:
@@ -267,10 +290,36 @@ class EvfSamNet(nn.Module):
         pixels = beit3_module.preprocess(image, self.config.beit3.img_size, device=device)
         return EvfImageEmbedding(sam=sam, vision_tokens=self.beit3.embed_vision(pixels), original_size=tuple(image.shape[:2]))
 
+    def encode_prompt(
+        self,
+        vision_tokens: torch.Tensor,
+        text_ids: torch.Tensor,
+        padding: torch.Tensor,
+        fuse_layers: int | None = None,
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(B, L)`` ids + padding mask -> the ``(B, 1, out_dim)`` prompt, per :attr:`EvfConfig.fusion`.
+
+        ``vision_tokens`` ``(N, Nv, D)`` holds ``N`` images; text ``b`` belongs to image
+        ``image_index[b]`` (``None``: one image for every text, or one image per text).
+        Training passes several images at once; inference one.
+        """
+        fusion = self.config.fusion
+        if fusion == "text":
+            feature = self.beit3.forward_text(text_ids, padding)[:, :1]
+        elif fusion == "late":
+            image_cls = self.beit3.forward_image(vision_tokens=vision_tokens)[:, :1]
+            image_cls = image_cls if image_index is None else image_cls[image_index]
+            text_cls = self.beit3.forward_text(text_ids, padding)[:, :1]
+            feature = torch.cat([image_cls.expand(text_cls.size(0), -1, -1), text_cls], dim=-1)
+        else:
+            tokens = vision_tokens if image_index is None else vision_tokens[image_index]
+            feature = self.beit3(text_ids=text_ids, text_padding_mask=padding, vision_tokens=tokens, fuse_layers=fuse_layers)[:, :1]
+        return self.text_hidden_fcs[0](feature)
+
     def prompt(self, embedding: EvfImageEmbedding, text_ids: torch.Tensor, padding: torch.Tensor, fuse_layers: int | None = None) -> torch.Tensor:
-        """``(B, L)`` ids + padding mask -> ``(B, 1, out_dim)`` prompt: projected image [CLS]."""
-        out = self.beit3(text_ids=text_ids, text_padding_mask=padding, vision_tokens=embedding.vision_tokens, fuse_layers=fuse_layers)
-        return self.text_hidden_fcs[0](out[:, :1])
+        """``(B, L)`` ids + padding mask -> ``(B, 1, out_dim)`` prompt (early fusion: projected image [CLS])."""
+        return self.encode_prompt(embedding.vision_tokens, text_ids, padding, fuse_layers)
 
     def forward(self, embedding: EvfImageEmbedding, text_ids: torch.Tensor, padding: torch.Tensor, fuse_layers: int | None = None) -> torch.Tensor:
         """Low-resolution mask logits ``(B, h, w)`` for ``B`` texts of one image."""
@@ -308,6 +357,8 @@ class EvfSam(PromptableModel):
         super().__init__(device=device, batch_size=batch_size)
         if dtype not in DTYPES:
             raise EvfbenchError(f"dtype must be one of fp32, bf16, fp16; got {dtype!r}")
+        if fuse_layers is not None and net.config.fusion != "early":
+            raise EvfbenchError(f"fuse_layers applies to early fusion only; this model's fusion is {net.config.fusion!r}")
         self.dtype = DTYPES[dtype]
         self.net = net.eval().to(self.device)
         if self.device.type == "cuda" and self.dtype != torch.float32:
@@ -379,6 +430,7 @@ class EvfSam(PromptableModel):
             "device": str(self.device),
             "batch_size": self.batch_size,
             "fuse_layers": self.fuse_layers,
+            "fusion": self.config.fusion,
             "tensors": n_tensors,
             "parameters": n_params,
             **({"load_report": self.load_report} if self.load_report else {}),
@@ -437,8 +489,9 @@ def _build(
     batch_size: int,
     fuse_layers: int | None,
     lowercase: bool,
+    fusion: str | None,
 ) -> EvfSam:
-    config = EvfConfig.create(family, mm_extractor_scale, sam_scale, beit3_config, sam_config)
+    config = EvfConfig.create(family, mm_extractor_scale, sam_scale, beit3_config, sam_config, fusion=fusion or "early")
     report: dict[str, Any] = {}
     if weights is not None:
         if sam_checkpoint or beit3_checkpoint:
@@ -448,13 +501,15 @@ def _build(
         if not config_path.is_file():
             raise CheckpointError(f"{folder} has no {CONFIG_FILE}: not a checkpoint folder in the official EVF-SAM layout")
         file_config = EvfConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")), str(config_path))
+        if fusion is None:  # not asked for: the checkpoint's
+            config = replace(config, fusion=file_config.fusion)
         diff = file_config.differences(config)
         if diff:
             raise CheckpointError(
                 f"{config_path} describes {file_config.describe()}, but this model name builds {config.describe()}:\n  "
                 + "\n  ".join(diff)
                 + "\n  fix: use the model name that matches the checkpoint (evf_sam for SAM-1, evf_sam2 for SAM-2), "
-                "or pass mm_extractor_scale= / sam_scale= to match config.json"
+                "or pass mm_extractor_scale= / sam_scale= / fusion= to match config.json"
             )
         net = load_pretrained(folder, config)
         tok = BeitTokenizer.from_path(tokenizer) if tokenizer else BeitTokenizer.from_folder(folder)
@@ -490,6 +545,7 @@ def evf_sam(
     batch_size: int = 16,
     fuse_layers: int | None = None,
     lowercase: bool = True,
+    fusion: str | None = None,
 ) -> EvfSam:
     """EVF-SAM with SAM-1 (default BEiT-3 large + SAM ViT-H).
 
@@ -500,9 +556,11 @@ def evf_sam(
         sam_checkpoint / beit3_checkpoint: initialise from the original SAM and BEiT-3 files (training).
         dtype: ``fp32`` | ``bf16`` | ``fp16``; device: ``cpu`` | ``cuda``; batch_size: texts per decoder pass.
         fuse_layers: early fusion in the first K BEiT-3 layers only (paper Tab. 3); ``None`` = all.
+        fusion: ``early`` | ``text`` | ``late`` prompt feature (Tab. 3 baselines); ``None``: the
+            checkpoint's (``config.json``), else ``early``.
     """
     return _build("sam", weights, mm_extractor_scale, sam_scale, beit3_config, sam_config, tokenizer,
-                  sam_checkpoint, beit3_checkpoint, dtype, device, batch_size, fuse_layers, lowercase)
+                  sam_checkpoint, beit3_checkpoint, dtype, device, batch_size, fuse_layers, lowercase, fusion)
 
 
 def evf_sam2(
@@ -520,8 +578,9 @@ def evf_sam2(
     batch_size: int = 16,
     fuse_layers: int | None = None,
     lowercase: bool = True,
+    fusion: str | None = None,
 ) -> EvfSam:
     """EVF-SAM2: BEiT-3 large + SAM-2 Hiera-L (``configs/sam2/sam2_hiera_l.yaml``, v2.0). Same
     arguments as :func:`evf_sam`; ``sam_scale`` names a SAM-2 size (large, base_plus, small, tiny)."""
     return _build("sam2", weights, mm_extractor_scale, sam_scale, beit3_config, sam_config, tokenizer,
-                  sam_checkpoint, beit3_checkpoint, dtype, device, batch_size, fuse_layers, lowercase)
+                  sam_checkpoint, beit3_checkpoint, dtype, device, batch_size, fuse_layers, lowercase, fusion)

@@ -290,6 +290,28 @@ class Sam1Backend:
         )
         return low_res[:, 0]
 
+    def decode_batched(self, model: nn.Module, image_embed: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """One image embedding per prompt (training: texts of several images in one pass).
+
+        ``image_embed`` ``(B, C, h, w)`` row ``b`` goes with ``sparse`` ``(B, k, C)`` row ``b``
+        (``dense``: the no-mask embedding if ``None``) -> ``(B, 4h, 4w)`` single-mask logits.
+        The stock ``MaskDecoder.predict_masks`` repeats one image for all prompts; this is the
+        same computation with the image rows given per prompt.
+        """
+        dec = model.mask_decoder
+        if dense is None:
+            dense = _no_mask_dense(model.prompt_encoder, sparse.size(0))
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse], dim=1)
+        src = image_embed + dense
+        pos = model.prompt_encoder.get_dense_pe().expand(src.size(0), -1, -1, -1)
+        b, c, h, w = src.shape
+        hs, src = dec.transformer(src, pos, tokens)
+        upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper = dec.output_hypernetworks_mlps[0](hs[:, 1, :])  # mask token 0: multimask_output=False
+        _, c2, h2, w2 = upscaled.shape
+        return (hyper.unsqueeze(1) @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, h2, w2)
+
     def postprocess(self, low_res: torch.Tensor, features: SamFeatures, original_size: tuple[int, int]) -> torch.Tensor:
         assert features.input_size is not None
         return postprocess_sam1(low_res, features.input_size, self.img_size, original_size)
