@@ -1,0 +1,784 @@
+"""Train EVF-SAM with the paper's recipe: ``python -m evfbench.train``.
+
+    python -m evfbench.train --model evf_sam --data refcoco,refcoco+,refcocog,refclef \\
+        --sam-checkpoint sam_vit_h_4b8939.pth --beit3-checkpoint beit3_large_patch16_224.pth --output-dir runs/evf
+    torchrun --nproc_per_node 4 -m evfbench.train --config my.yaml --output-dir runs/evf    # DDP
+    python -m evfbench.train --config my.yaml --output-dir runs/evf --resume               # continue
+
+Every hyper-parameter is a field of :class:`TrainConfig`; defaults are the paper's (see the
+field comments). Precedence: defaults < ``--config FILE.yaml`` < command-line flags. The
+resolved configuration is written to ``<output-dir>/config.yaml``.
+
+Recipe (paper + reference code): AdamW (lr 1e-4, betas 0.9/0.95 and weight decay 0.0 as in
+LISA, whose training code EVF-SAM's follows), linear decay to 0 after an optional linear
+warm-up, 15k optimizer steps of a global batch of 128 images with up to 3 expressions each;
+gradient accumulation = global batch / (per-device batch x processes), computed, and it must
+divide exactly. Loss per mask = 1.0 x BCE (mean over pixels) + 1.0 x dice (sigmoid; numerator
+and denominator with inputs scaled by 1/1000, eps 1e-6), on logits upsampled to the
+ORIGINAL image size, averaged over every mask of the global batch (so the gradient does not
+depend on how the batch is split over processes and accumulation steps). Mixed precision:
+``--precision bf16`` (CPU or CUDA autocast) or ``fp16`` (CUDA, with a gradient scaler).
+The SAM image encoder is frozen (its embeddings are then computed once per image and kept);
+``--train`` / ``--freeze`` choose the trainable modules among ``mm_encoder`` (BEiT-3),
+``projector``, ``prompt_encoder``, ``mask_decoder``, ``image_encoder`` (paper Tab. 4).
+
+Stages: ``--stage text`` (default) trains on referring expressions. ``--stage sam_boxes``
+trains the SAM parts alone with box prompts of the targets (stock prompt encoder); its
+``model/sam.safetensors`` has the stock ``segment_anything`` key names and is a
+``--sam-checkpoint`` for a text stage: the way to get a "pretrained SAM" for tiny models
+trained from scratch.
+
+Output folder::
+
+    <output-dir>/config.yaml                 the resolved configuration
+    <output-dir>/train_log.csv               step, loss, bce, dice (means over the masks since the
+                                             previous row), lr, samples_per_s (images / s, all
+                                             processes), elapsed_s
+    <output-dir>/eval_log.csv                step, split, ciou, giou, n_sentences (periodic evaluation)
+    <output-dir>/loss_curve.png              loss and evaluation cIoU against the step
+    <output-dir>/checkpoints/step-NNNNNN/    official layout (config.json, model.safetensors, tokenizer)
+                                             or sam.safetensors (sam_boxes), plus trainer_state.pt
+    <output-dir>/checkpoints/LATEST          name of the newest complete checkpoint
+    <output-dir>/model/                      the final weights (``weights=`` of evfbench.run)
+
+``trainer_state.pt`` holds the optimizer, scheduler, scaler and RNG states and the data
+position (the step: batches are a function of ``(seed, step)``, see :mod:`evfbench.train_data`).
+``--resume`` continues from ``LATEST``; on CPU in fp32 the result is bit-identical to an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import os
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from evfbench.distributed import Context, distributed
+from evfbench.errors import EvfbenchError, cli
+from evfbench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from evfbench.train_data import Example, Item, TrainingData, train_tokenizer
+
+__all__ = ["TrainConfig", "MODULES", "mask_losses", "trainable_modules", "set_trainable", "train", "main"]
+
+MODULES = ("image_encoder", "prompt_encoder", "mask_decoder", "mm_encoder", "projector")
+STAGES = ("text", "sam_boxes")
+OPTIMIZERS = ("adamw", "sgd")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SAM_FILE = "sam.safetensors"
+STATE_FILE = "trainer_state.pt"
+LOG_COLUMNS = ("step", "loss", "bce", "dice", "lr", "samples_per_s", "elapsed_s")
+EVAL_COLUMNS = ("step", "split", "ciou", "giou", "n_sentences")
+# Fields that may change between a run and its --resume (they do not change the trajectory).
+RESUME_FREE = frozenset({"eval_every", "eval_limit", "log_every", "checkpoint_every", "keep_checkpoints", "val_split",
+                         "final_dtype"})
+DICE_SCALE, DICE_EPS = 1000.0, 1e-6
+
+
+class TrainError(EvfbenchError):
+    """A training run that cannot start or continue as configured; the message says the fix."""
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of a run (defaults: the paper's recipe)."""
+
+    model: str = "evf_sam"  # registered model name; its card gives the architecture
+    model_args: dict[str, Any] = field(default_factory=dict)  # builder arguments (sizes, fusion, ...)
+    stage: str = "text"  # text | sam_boxes
+    init: str | None = None  # EVF-SAM folder in the official layout (weights=)
+    sam_checkpoint: str | None = None  # original SAM file, or a sam_boxes output folder
+    beit3_checkpoint: str | None = None  # beit3_large_patch16_224.pth
+    tokenizer: str | None = None  # folder or .model file, when init gives none
+    tokenizer_vocab: int = 0  # > 0: train a SentencePiece model of this size on the training sentences
+    data: list[str] = field(default_factory=lambda: ["refcoco", "refcoco+", "refcocog", "refclef"])
+    data_weights: list[float] | None = None  # sampling ratios per source; None = equal
+    data_root: str | None = None
+    texts_per_image: int = 3  # up to 3 expressions per image per sample
+    flip_prob: float = 0.0  # horizontal flip (left/right words swapped); the paper does not flip
+    steps: int = 15000  # optimizer steps
+    global_batch: int = 128  # images per optimizer step (16 per GPU x 4 GPUs x 2 accumulation)
+    per_device_batch: int = 16
+    optimizer: str = "adamw"  # adamw | sgd (plain SGD: exact gradient comparisons in tests)
+    lr: float = 1e-4
+    lr_scales: dict[str, float] = field(default_factory=dict)  # module -> lr multiplier
+    weight_decay: float = 0.0  # LISA / EVF-SAM
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # LISA / EVF-SAM
+    warmup_steps: int = 0  # linear warm-up, then linear decay to 0
+    grad_clip: float = 1.0  # max gradient norm (LISA's DeepSpeed gradient_clipping); 0 = off
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    precision: str = "bf16"  # fp32 | bf16 | fp16 (the paper trains in mixed precision)
+    train: list[str] = field(default_factory=lambda: ["mm_encoder", "projector", "prompt_encoder", "mask_decoder"])
+    seed: int = 0
+    device: str = "cpu"
+    val_split: str | None = None  # e.g. refcoco_val; evaluated every eval_every steps and at the end
+    eval_every: int = 0
+    eval_limit: int | None = None  # sentences of val_split per evaluation (None: all)
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 1
+    cache: bool = False  # keep decoded images and frozen SAM embeddings in memory (small datasets, e.g. shapes)
+    final_dtype: str = "fp32"  # file dtype of <output-dir>/model (fp16 halves it); checkpoints stay fp32
+
+    def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise TrainError(f"stage must be one of {', '.join(STAGES)}; got {self.stage!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        for name in ("precision", "final_dtype"):
+            if getattr(self, name) not in PRECISIONS:
+                raise TrainError(f"{name} must be one of {', '.join(PRECISIONS)}; got {getattr(self, name)!r}")
+        bad = [m for m in [*self.train, *self.lr_scales] if m not in MODULES]
+        if bad:
+            raise TrainError(f"unknown module(s) {bad} in train / lr_scales; known: {', '.join(MODULES)}")
+        if not self.train:
+            raise TrainError("nothing to train: --train names no module")
+        for name in ("steps", "global_batch", "per_device_batch", "texts_per_image"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.init and (self.sam_checkpoint or self.beit3_checkpoint):
+            raise TrainError("pass --init (a full EVF-SAM folder) or --sam-checkpoint / --beit3-checkpoint, not both")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainError(f"{source}: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+# ---- losses ----------------------------------------------------------------------------------
+def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(BCE, dice)`` of one mask: logits and a {0, 1} target of the same ``(H, W)`` shape.
+
+    BCE is the mean over pixels; dice = ``1 - (2 sum(p t) / s + eps) / ((sum p + sum t) / s + eps)``
+    with ``p = sigmoid(logits)``, ``s = 1000``, ``eps = 1e-6`` (LISA / EVF-SAM).
+    """
+    logits, target = logits.float().flatten(), target.float().flatten()
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = logits.sigmoid()
+    numerator = 2 * (p / DICE_SCALE * target).sum()
+    denominator = (p / DICE_SCALE).sum() + (target / DICE_SCALE).sum()
+    dice = 1 - (numerator + DICE_EPS) / (denominator + DICE_EPS)
+    return bce, dice
+
+
+# ---- modules ---------------------------------------------------------------------------------
+def trainable_modules(net: nn.Module) -> dict[str, nn.Module]:
+    """The Tab. 4 module names -> modules of an :class:`~evfbench.models.evf_sam.EvfSamNet`."""
+    vm = net.visual_model
+    sam2 = net.config.family == "sam2"
+    return {
+        "image_encoder": vm.image_encoder,
+        "prompt_encoder": vm.sam_prompt_encoder if sam2 else vm.prompt_encoder,
+        "mask_decoder": vm.sam_mask_decoder if sam2 else vm.mask_decoder,
+        "mm_encoder": net.mm_extractor,
+        "projector": net.text_hidden_fcs,
+    }
+
+
+def set_trainable(net: nn.Module, names: list[str]) -> None:
+    """Freeze every parameter, then unfreeze exactly the modules ``names`` (everything else of
+    SAM-2, e.g. the memory modules, stays frozen)."""
+    net.requires_grad_(False)
+    modules = trainable_modules(net)
+    for name in names:
+        modules[name].requires_grad_(True)
+
+
+def param_groups(net: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """One AdamW group per trainable module (in :data:`MODULES` order), with its lr multiplier."""
+    groups = []
+    for name, module in trainable_modules(net).items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": cfg.lr * cfg.lr_scales.get(name, 1.0), "name": name})
+    return groups
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+# ---- the model side of a training step -------------------------------------------------------
+class Trainer(nn.Module):
+    """The forward pass of one micro-batch -> summed per-mask losses (wrapped by DDP).
+
+    With ``cache`` and a frozen SAM image encoder, the embedding of each (image, flip) is
+    computed once and kept (the frozen encoder makes it exact; the reference recomputes it).
+    """
+
+    def __init__(self, model: Any, cfg: TrainConfig, device: torch.device) -> None:
+        super().__init__()
+        self.model = model  # the EvfSam wrapper (tokenizer, predict); its net is the submodule below
+        self.net = model.net
+        self.cfg = cfg
+        self.device = device
+        self.cache_sam = cfg.cache and "image_encoder" not in cfg.train
+        self._cache: dict[tuple[int, int, bool], Any] = {}
+
+    def _sam_features(self, examples: list[Example]) -> list[Any]:
+        """SAM features per example: from the cache, else encoded. A frozen encoder sees one
+        image at a time, so a cached embedding does not depend on the batch that computed it
+        (a resumed run is bit-identical); a trained SAM-1 encoder sees the batch at once."""
+        from evfbench.models.sam_backends import SamFeatures
+
+        net, frozen = self.net, "image_encoder" not in self.cfg.train
+        keys = [(ex.item.source, ex.item.group, ex.item.flip) for ex in examples]
+        todo = [i for i, key in enumerate(keys) if key not in self._cache]
+        out: dict[int, Any] = {i: self._cache[key] for i, key in enumerate(keys) if key in self._cache}
+        with torch.no_grad() if frozen else nullcontext():
+            if net.config.family == "sam" and todo and not frozen:
+                prepared = [net.backend.preprocess(examples[i].image, self.device) for i in todo]
+                embeds = net.visual_model.image_encoder(torch.cat([p for p, _ in prepared]))
+                pe = net.visual_model.prompt_encoder.get_dense_pe()
+                for row, (i, (_, size)) in enumerate(zip(todo, prepared)):
+                    out[i] = SamFeatures(image_embed=embeds[row : row + 1], image_pe=pe, input_size=size)
+            else:
+                for i in todo:
+                    out[i] = net.backend.encode(net.visual_model, examples[i].image, self.device)
+        for i in todo:
+            if frozen:
+                out[i].image_embed = out[i].image_embed.float()
+            if self.cache_sam:
+                self._cache[keys[i]] = out[i]
+        return [out[i] for i in range(len(examples))]
+
+    def forward(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.cfg.stage == "sam_boxes":
+            low_res, feats = self._boxes(examples)
+        else:
+            low_res, feats = self._texts(examples)
+        bce_sum = dice_sum = torch.zeros((), device=self.device)
+        row = 0
+        for ex, f in zip(examples, feats):
+            size = ex.masks.shape[1:]
+            logits = self.net.backend.postprocess(low_res[row : row + len(ex.masks)], f, size)
+            targets = torch.from_numpy(ex.masks).to(self.device)
+            for t in range(len(ex.masks)):
+                bce, dice = mask_losses(logits[t], targets[t])
+                bce_sum, dice_sum = bce_sum + bce, dice_sum + dice
+            row += len(ex.masks)
+        loss_sum = self.cfg.bce_weight * bce_sum + self.cfg.dice_weight * dice_sum
+        return loss_sum, bce_sum.detach(), dice_sum.detach()
+
+    def _texts(self, examples: list[Example]) -> tuple[torch.Tensor, list[Any]]:
+        from evfbench.models import beit3 as beit3_module
+
+        net = self.net
+        feats = self._sam_features(examples)
+        pixels = torch.cat([beit3_module.preprocess(ex.image, net.config.beit3.img_size, device=self.device) for ex in examples])
+        vision = net.beit3.embed_vision(pixels)
+        index = torch.tensor([i for i, ex in enumerate(examples) for _ in ex.texts], device=self.device)
+        ids, padding = self.model.tokenize([t for ex in examples for t in ex.texts])
+        prompt = net.encode_prompt(vision, ids, padding, image_index=index)
+        if net.config.family == "sam":
+            embeds = torch.cat([f.image_embed for f in feats])[index]
+            return net.backend.decode_batched(net.visual_model, embeds, prompt), feats
+        rows, out = 0, []
+        for ex, f in zip(examples, feats):
+            out.append(net.backend.decode(net.visual_model, f, prompt[rows : rows + len(ex.texts)]))
+            rows += len(ex.texts)
+        return torch.cat(out), feats
+
+    def _boxes(self, examples: list[Example]) -> tuple[torch.Tensor, list[Any]]:
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        net = self.net
+        vm = net.visual_model
+        feats = self._sam_features(examples)
+        resize = ResizeLongestSide(net.backend.img_size)
+        boxes = torch.cat([
+            resize.apply_boxes_torch(torch.from_numpy(ex.boxes()).to(self.device), ex.image.shape[:2]) for ex in examples
+        ])
+        sparse, dense = vm.prompt_encoder(points=None, boxes=boxes, masks=None)
+        index = torch.tensor([i for i, ex in enumerate(examples) for _ in ex.masks], device=self.device)
+        embeds = torch.cat([f.image_embed for f in feats])[index]
+        return net.backend.decode_batched(vm, embeds, sparse, dense), feats
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | None) -> dict[str, float]:
+    """cIoU / gIoU of the current weights on ``split`` (texts, or target boxes for ``sam_boxes``)."""
+    from evfbench.data.refer import load_split
+    from evfbench.metrics import MetricAccumulator, intersection_union
+    from evfbench.registry import get_split
+    from evfbench.run import limit_groups
+
+    acc = MetricAccumulator()
+    groups = limit_groups(load_split(get_split(split), data_root), limit)
+    with torch.no_grad():
+        for g in groups:
+            image = g.load_image().copy()  # writable: torch warns about read-only arrays
+            if trainer.cfg.stage == "sam_boxes":
+                item = Item(-1, g.image_id, tuple(range(len(g.samples))), False)
+                masks = np.stack([g.target_mask(s) for s in g.samples])
+                ex = Example(item, image, g.texts, masks)
+                low, feats = trainer._boxes([ex])
+                pred = (trainer.net.backend.postprocess(low, feats[0], masks.shape[1:]) > 0).cpu().numpy()
+            else:
+                pred = trainer.model.predict(image, g)
+            for sample, mask in zip(g.samples, pred):
+                acc.add(*intersection_union(mask, g.target_mask(sample)))
+    m = acc.compute()
+    return {"ciou": m["ciou"], "giou": m["giou"], "n_sentences": acc.n}
+
+
+# ---- output files ----------------------------------------------------------------------------
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def plot_curves(path: Path, log: list[dict[str, Any]], evals: list[dict[str, Any]], title: str) -> None:
+    """Loss (and BCE, dice) against the step; evaluation cIoU on a second axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    steps = [int(r["step"]) for r in log]
+    for key in ("loss", "bce", "dice"):
+        ax.plot(steps, [float(r[key]) for r in log], label=key, linewidth=1.5 if key == "loss" else 0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if evals:
+        ax2 = ax.twinx()
+        for split in sorted({r["split"] for r in evals}):
+            rows = [r for r in evals if r["split"] == split]
+            ax2.plot([int(r["step"]) for r in rows], [float(r["ciou"]) for r in rows], "o-", color="black",
+                     markersize=3, label=f"cIoU {split}")
+        ax2.set_ylabel("cIoU")
+        ax2.set_ylim(0, 1)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=8, loc="upper right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+def save_weights(model: Any, cfg: TrainConfig, folder: Path, dtype: str = "fp32") -> None:
+    """The official layout (text stage) or the stock SAM state dict (``sam_boxes``), floating
+    tensors stored as ``dtype``."""
+    from evfbench.models.checkpoint import save_safetensors
+
+    if cfg.stage == "sam_boxes":
+        cast = PRECISIONS[dtype]
+        state = {k: v.to(cast) if v.is_floating_point() else v for k, v in model.net.visual_model.state_dict().items()}
+        save_safetensors(folder / SAM_FILE, state)
+        atomic_write_json(folder / "sam_config.json", model.config.sam.to_dict())
+    else:
+        model.save_pretrained(folder, dtype=dtype)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    pointer = output_dir / "checkpoints" / "LATEST"
+    if not pointer.is_file():
+        return None
+    folder = output_dir / "checkpoints" / pointer.read_text(encoding="utf-8").strip()
+    if not (folder / STATE_FILE).is_file():
+        raise TrainError(f"{pointer} names {folder}, which holds no {STATE_FILE}\n  fix: delete {pointer} to start over")
+    return folder
+
+
+def save_checkpoint(model: Any, cfg: TrainConfig, output_dir: Path, state: dict[str, Any]) -> Path:
+    """Write ``checkpoints/step-N`` completely under a temporary name, rename it, then point
+    ``LATEST`` at it: a crash leaves the previous checkpoint usable."""
+    root = output_dir / "checkpoints"
+    folder = root / f"step-{state['step']:06d}"
+    partial = root / f".{folder.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_weights(model, cfg, partial)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(partial / STATE_FILE, buffer.getvalue())
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    atomic_write_text(root / "LATEST", folder.name + "\n")
+    old = sorted(p for p in root.glob("step-*") if p.is_dir() and p != folder)
+    for p in old[: max(0, len(old) - (cfg.keep_checkpoints - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return folder
+
+
+# ---- building --------------------------------------------------------------------------------
+def resolve_sam_checkpoint(path: str) -> str:
+    """A ``sam_boxes`` output folder (``model/`` or a checkpoint) stands for its ``sam.safetensors``."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / SAM_FILE).is_file():
+            raise TrainError(f"--sam-checkpoint {p} is a folder without {SAM_FILE}; pass a SAM file or a sam_boxes output")
+        return str(p / SAM_FILE)
+    return path
+
+
+def build_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None) -> Any:
+    from evfbench.registry import create_model
+
+    args = dict(cfg.model_args)
+    if resume_from is not None and cfg.stage == "text":
+        args["weights"] = str(resume_from)
+    elif resume_from is not None:
+        args["sam_checkpoint"] = str(resume_from / SAM_FILE)
+        if cfg.beit3_checkpoint:
+            args["beit3_checkpoint"] = cfg.beit3_checkpoint
+    else:
+        if cfg.init:
+            args["weights"] = cfg.init
+        if cfg.sam_checkpoint:
+            args["sam_checkpoint"] = resolve_sam_checkpoint(cfg.sam_checkpoint)
+        if cfg.beit3_checkpoint:
+            args["beit3_checkpoint"] = cfg.beit3_checkpoint
+    if cfg.tokenizer and resume_from is None:
+        args["tokenizer"] = cfg.tokenizer
+    model = create_model(cfg.model, device=device, **args)
+    if not hasattr(model, "net") or not hasattr(model.net, "visual_model"):
+        raise TrainError(f"--model {cfg.model} is not an EVF-SAM model; evfbench.train trains evf_sam / evf_sam2 architectures")
+    if cfg.stage == "sam_boxes" and model.config.family != "sam":
+        raise TrainError("--stage sam_boxes trains SAM-1 (segment_anything) models only")
+    return model
+
+
+def attach_tokenizer(model: Any, cfg: TrainConfig, data: TrainingData, output_dir: Path, ctx: Context) -> None:
+    """Give a model built without one the tokenizer trained on the training sentences."""
+    from evfbench.models.tokenizer import BeitTokenizer
+
+    if model.tokenizer is not None or cfg.stage == "sam_boxes":
+        return
+    if cfg.tokenizer_vocab <= 0:
+        raise TrainError("the model has no tokenizer: pass --init (a folder with one), --tokenizer FOLDER_OR_SPM_FILE, "
+                         "or --tokenizer-vocab N to train one on the training sentences")
+    folder = output_dir / "tokenizer"
+    if ctx.is_main:
+        train_tokenizer(data.sentences(), folder, cfg.tokenizer_vocab)
+    ctx.barrier()
+    tok = BeitTokenizer.from_folder(folder, max_length=model.config.beit3.max_text_len)
+    if len(tok) > model.config.beit3.vocab_size:
+        raise TrainError(f"the trained tokenizer has {len(tok)} ids but BEiT-3's vocab_size is {model.config.beit3.vocab_size}; "
+                         "lower --tokenizer-vocab or raise beit3_config.vocab_size")
+    model.tokenizer = tok
+
+
+# ---- the loop --------------------------------------------------------------------------------
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _check_resume_config(output_dir: Path, cfg: TrainConfig) -> None:
+    path = output_dir / "config.yaml"
+    if not path.is_file():
+        raise TrainError(f"--resume: {path} is missing, so the run cannot be checked\n  fix: start a new run without --resume")
+    old = TrainConfig.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
+    diff = {k: (getattr(old, k), v) for k, v in dataclasses.asdict(cfg).items()
+            if k not in RESUME_FREE and dataclasses.asdict(old)[k] != v}
+    if diff:
+        lines = "\n  ".join(f"{k}: was {o!r}, now {n!r}" for k, (o, n) in diff.items())
+        raise TrainError(f"--resume with settings that change the run ({path}):\n  {lines}\n"
+                         "  fix: rerun with the original settings, or use a new --output-dir")
+
+
+def _micro_batches(items: list[Item], ctx: Context, per_device: int, accum: int) -> Iterator[list[Item]]:
+    """This process's share: micro-batch ``a`` is slice ``a * world + rank`` of the global batch."""
+    for a in range(accum):
+        start = (a * ctx.world_size + ctx.rank) * per_device
+        yield items[start : start + per_device]
+
+
+def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> Path:
+    """Run ``cfg`` into ``output_dir``; returns the final weights folder (``<output-dir>/model``).
+
+    ``stop_at``: checkpoint and return at this step (a time slice of the run; the schedule
+    still spans ``cfg.steps``); returns the checkpoint folder then.
+    """
+    cfg.validate()
+    output_dir = Path(output_dir)
+    data_root = Path(cfg.data_root) if cfg.data_root else None
+    with distributed(cfg.device) as ctx:
+        device = ctx.device(cfg.device)
+        per_process = cfg.per_device_batch * ctx.world_size
+        if cfg.global_batch % per_process:
+            raise TrainError(f"global_batch {cfg.global_batch} is not a multiple of per_device_batch {cfg.per_device_batch} "
+                             f"x {ctx.world_size} processes\n  fix: change --global-batch or --per-device-batch")
+        accum = cfg.global_batch // per_process
+        amp_dtype = PRECISIONS[cfg.precision]
+        if cfg.precision == "fp16" and device.type != "cuda":
+            raise TrainError("--precision fp16 needs CUDA (use bf16 on CPU)")
+
+        resume_from = latest_checkpoint(output_dir) if resume else None
+        if resume and resume_from is None:
+            raise TrainError(f"--resume: {output_dir}/checkpoints/LATEST does not exist (no checkpoint yet)\n"
+                             "  fix: start without --resume")
+        if ctx.is_main:
+            if resume:
+                _check_resume_config(output_dir, cfg)
+            elif (output_dir / "checkpoints" / "LATEST").exists():
+                raise TrainError(f"{output_dir} already holds a run\n  fix: pass --resume to continue it or use another --output-dir")
+            output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(output_dir / "config.yaml", cfg.to_yaml())
+        ctx.barrier()
+
+        data = TrainingData(cfg.data, cfg.data_weights, data_root)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, device, resume_from)
+        attach_tokenizer(model, cfg, data, output_dir, ctx)
+        net = model.net.float().train()
+        set_trainable(net, cfg.train)
+        trainer = Trainer(model, cfg, device)
+        module: nn.Module = trainer
+        if ctx.enabled:
+            module = nn.parallel.DistributedDataParallel(
+                trainer, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True, broadcast_buffers=False,
+            )
+        if cfg.optimizer == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(param_groups(net, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(param_groups(net, cfg), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps))
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+        start, elapsed_before = 0, 0.0
+        log = read_csv(output_dir / "train_log.csv") if resume else []
+        evals = read_csv(output_dir / "eval_log.csv") if resume else []
+        if resume_from is not None:
+            state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=True)
+            if state["world_size"] * state["per_device_batch"] * state["accum"] != cfg.global_batch:
+                raise TrainError(f"{resume_from / STATE_FILE}: saved for another global batch")
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
+            log = [r for r in log if int(r["step"]) <= start]
+            evals = [r for r in evals if int(r["step"]) <= start]
+
+        def autocast() -> Any:
+            return torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.precision != "fp32")
+
+        def run_eval(step: int) -> None:
+            if not (cfg.val_split and ctx.is_main):
+                return
+            m = evaluate(trainer, cfg.val_split, data_root, cfg.eval_limit)
+            evals.append({"step": step, "split": cfg.val_split, "ciou": f"{m['ciou']:.6f}", "giou": f"{m['giou']:.6f}",
+                          "n_sentences": m["n_sentences"]})
+            tqdm.write(f"step {step}: {cfg.val_split} cIoU {m['ciou']:.4f} gIoU {m['giou']:.4f}")
+
+        def write_logs() -> None:
+            if ctx.is_main:
+                write_csv(output_dir / "train_log.csv", LOG_COLUMNS, log)
+                write_csv(output_dir / "eval_log.csv", EVAL_COLUMNS, evals)
+                if log:
+                    plot_curves(output_dir / "loss_curve.png", log, evals, f"{cfg.model} ({cfg.stage}) {output_dir.name}")
+
+        def checkpoint(step: int, elapsed: float) -> None:
+            if ctx.is_main:
+                state = {"step": step, "elapsed_s": elapsed, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
+                         "data_position": step, "world_size": ctx.world_size, "per_device_batch": cfg.per_device_batch,
+                         "accum": accum}
+                save_checkpoint(model, cfg, output_dir, state)
+                write_logs()
+            ctx.barrier()
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True,
+                   disable=not (progress and ctx.is_main))
+        t0 = time.perf_counter() - elapsed_before
+        window = {"bce": 0.0, "dice": 0.0, "masks": 0, "images": 0, "t": time.perf_counter()}
+        images_cache: dict[tuple[int, int], np.ndarray] = {}
+        for step in range(start, cfg.steps):
+            items = data.global_batch(cfg.seed, step, cfg.global_batch, cfg.texts_per_image, cfg.flip_prob)
+            n_masks = sum(len(i.texts) for i in items)
+            optimizer.zero_grad(set_to_none=True)
+            bce_local = dice_local = 0.0
+            for a, micro in enumerate(_micro_batches(items, ctx, cfg.per_device_batch, accum)):
+                examples = []
+                for item in micro:
+                    key = (item.source, item.group)
+                    image = images_cache.get(key)
+                    if image is None:
+                        image = data.group(item).load_image()
+                        if cfg.cache:
+                            images_cache[key] = image
+                    examples.append(data.example(item, image))
+                sync = module.no_sync() if ctx.enabled and a < accum - 1 else nullcontext()
+                with sync:
+                    with autocast():
+                        loss_sum, bce_sum, dice_sum = module(examples)
+                    # sum over this micro-batch's masks / all masks of the global batch; DDP
+                    # averages over processes, hence the world size.
+                    scaler.scale(loss_sum * ctx.world_size / n_masks).backward()
+                bce_local += float(bce_sum)
+                dice_local += float(dice_sum)
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            done = step + 1
+            window["bce"] += bce_local
+            window["dice"] += dice_local
+            window["masks"] += n_masks
+            window["images"] += cfg.global_batch
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                sums = ctx.all_gather((window["bce"], window["dice"]))
+                bce = sum(s[0] for s in sums) / window["masks"]
+                dice = sum(s[1] for s in sums) / window["masks"]
+                now = time.perf_counter()
+                rate = window["images"] / max(now - window["t"], 1e-9)
+                loss = cfg.bce_weight * bce + cfg.dice_weight * dice
+                lr = optimizer.param_groups[0]["lr"] / cfg.lr_scales.get(optimizer.param_groups[0]["name"], 1.0)
+                log.append({"step": done, "loss": f"{loss:.6f}", "bce": f"{bce:.6f}", "dice": f"{dice:.6f}",
+                            "lr": f"{lr:.6g}", "samples_per_s": f"{rate:.2f}", "elapsed_s": f"{now - t0:.1f}"})
+                if ctx.is_main:  # the CSV is small: rewritten whole, atomically, so it can be watched
+                    write_csv(output_dir / "train_log.csv", LOG_COLUMNS, log)
+                bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.1f}", refresh=False)
+                window = {"bce": 0.0, "dice": 0.0, "masks": 0, "images": 0, "t": now}
+            bar.update(1)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+                run_eval(done)
+                ctx.barrier()
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or done == stop_at:
+                if done == cfg.steps:
+                    run_eval(done)
+                checkpoint(done, time.perf_counter() - t0)
+            if done == stop_at and done < cfg.steps:
+                bar.close()
+                return output_dir / "checkpoints" / f"step-{done:06d}"
+        bar.close()
+        final = output_dir / "model"
+        if ctx.is_main:
+            if start >= cfg.steps:
+                write_logs()
+            shutil.rmtree(final, ignore_errors=True)
+            save_weights(model, cfg, final, cfg.final_dtype)
+            total = time.perf_counter() - t0
+            print(f"trained {cfg.steps} steps ({total / 60:.1f} min) -> {final}")
+        ctx.barrier()
+    return final
+
+
+# ---- command line ----------------------------------------------------------------------------
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evfbench.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=None, help="YAML file of TrainConfig fields (flags win over it)")
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoints/LATEST")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop-at", type=int, default=None, help="checkpoint and exit at this step (resume later)")
+    p.add_argument("--model", help="registered EVF-SAM model (default evf_sam)")
+    p.add_argument("--model-args", help="builder arguments k=v,k2=v2 (YAML values), merged over the config's")
+    p.add_argument("--stage", choices=STAGES)
+    p.add_argument("--init", help="EVF-SAM folder in the official layout to start from")
+    p.add_argument("--sam-checkpoint", help="original SAM file, or a --stage sam_boxes output folder")
+    p.add_argument("--beit3-checkpoint", help="beit3_large_patch16_224.pth")
+    p.add_argument("--tokenizer", help="tokenizer folder or SentencePiece .model file")
+    p.add_argument("--tokenizer-vocab", type=int, help="train a SentencePiece tokenizer of this size on the data")
+    p.add_argument("--data", type=_csv_list, help="training sources, e.g. refcoco,refcoco+,refcocog,refclef")
+    p.add_argument("--data-weights", type=lambda t: [float(x) for x in _csv_list(t)], help="sampling ratios, e.g. 1,1,1,1")
+    p.add_argument("--data-root", help="datasets root (default $EVFBENCH_DATA)")
+    p.add_argument("--val-split", help="evaluate on this split (e.g. refcoco_val)")
+    p.add_argument("--train", type=_csv_list, help=f"trainable modules among {','.join(MODULES)}")
+    p.add_argument("--freeze", type=_csv_list, help="modules to remove from the trainable set")
+    for name, kind in (("steps", int), ("global-batch", int), ("per-device-batch", int), ("texts-per-image", int),
+                       ("lr", float), ("weight-decay", float), ("warmup-steps", int), ("grad-clip", float),
+                       ("bce-weight", float), ("dice-weight", float), ("flip-prob", float), ("seed", int),
+                       ("eval-every", int), ("eval-limit", int), ("log-every", int), ("checkpoint-every", int),
+                       ("keep-checkpoints", int)):
+        p.add_argument(f"--{name}", type=kind)
+    p.add_argument("--cache", action="store_true", default=None, help="keep images and frozen SAM embeddings in memory")
+    p.add_argument("--precision", choices=sorted(PRECISIONS))
+    p.add_argument("--final-dtype", choices=sorted(PRECISIONS), help="file dtype of <output-dir>/model")
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--device", help="cpu or cuda")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the ``--config`` file, then the flags that were given."""
+    from evfbench.run import parse_model_args
+
+    data: dict[str, Any] = {}
+    if args.config is not None:
+        if not args.config.is_file():
+            raise TrainError(f"--config {args.config} does not exist")
+        loaded = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise TrainError(f"{args.config} must hold a mapping of TrainConfig fields")
+        data.update(loaded)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in vars(args).items():
+        if key in fields and value is not None and key != "model_args":
+            data[key] = value
+    if args.model_args:
+        data["model_args"] = {**(data.get("model_args") or {}), **parse_model_args(args.model_args)}
+    cfg = TrainConfig.from_dict(data, str(args.config or "the command line"))
+    if cfg.stage == "sam_boxes" and "train" not in data:
+        cfg.train = ["image_encoder", "prompt_encoder", "mask_decoder"]
+    if args.freeze:
+        cfg.train = [m for m in cfg.train if m not in args.freeze]
+        unknown = [m for m in args.freeze if m not in MODULES]
+        if unknown:
+            raise TrainError(f"--freeze {unknown}: unknown module(s); known: {', '.join(MODULES)}")
+    return cfg
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    train(cfg, args.output_dir, resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

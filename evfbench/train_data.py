@@ -1,0 +1,173 @@
+"""Training data for :mod:`evfbench.train`: the multitask sampler, the flip augmentation, the tokenizer helper.
+
+Every global batch is a pure function of ``(seed, step)``: an image is drawn from a source
+picked with the ``--data-weights`` ratios, then up to ``texts_per_image`` of its sentences
+(without replacement), then a horizontal flip with probability ``flip_prob``. Resuming at step
+``k`` therefore replays exactly the batches an uninterrupted run would have seen, and every
+process of a ``torchrun`` job sees the same global batch and takes its own slice of it.
+
+Flipping mirrors the image and the masks and swaps the horizontal words of the expression
+(``left`` <-> ``right``, ``leftmost`` <-> ``rightmost``, ``top left`` -> ``top right``, ...), so
+the expression still names the same object.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from evfbench.cards import SplitCard
+from evfbench.data.refer import load_split
+from evfbench.data.types import ImageGroup
+from evfbench.errors import EvfbenchError
+from evfbench.registry import get_split
+
+__all__ = ["flip_text", "Item", "Example", "TrainingData", "resolve_train_split", "train_tokenizer"]
+
+# "left"/"right" as a word or the start of leftmost / left-most / lefthand / left-hand ...
+_HORIZONTAL = re.compile(r"\b(left|right)(?=(most|-most|hand|-hand|ward|wards)?\b)", re.IGNORECASE)
+_SWAP = {"left": "right", "right": "left"}
+
+
+def flip_text(text: str) -> str:
+    """The expression of the mirrored image: left <-> right in every form, case kept."""
+
+    def swap(match: re.Match[str]) -> str:
+        word = match.group(1)
+        other = _SWAP[word.lower()]
+        if word.isupper():
+            return other.upper()
+        return other.capitalize() if word[0].isupper() else other
+
+    return _HORIZONTAL.sub(swap, text)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a global batch: ``texts`` index the group's samples."""
+
+    source: int
+    group: int
+    texts: tuple[int, ...]
+    flip: bool
+
+
+@dataclass
+class Example:
+    """An item made concrete: pixels, expressions and masks (mirrored when ``item.flip``)."""
+
+    item: Item
+    image: np.ndarray  # RGB HWC uint8
+    texts: list[str]
+    masks: np.ndarray  # (T, H, W) bool, original size
+
+    def boxes(self) -> np.ndarray:
+        """``(T, 4)`` XYXY pixel boxes of the masks (the stage-1 box prompts); empty mask -> whole image."""
+        out = np.zeros((len(self.masks), 4), dtype=np.float32)
+        h, w = self.masks.shape[1:]
+        for i, mask in enumerate(self.masks):
+            ys, xs = np.nonzero(mask)
+            out[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) if len(xs) else (0, 0, w, h)
+        return out
+
+
+def resolve_train_split(name: str, split: str = "train") -> SplitCard:
+    """``refcoco`` -> the card of ``refcoco_train``; a full split name (``refcocog_umd_train``) is kept."""
+    for candidate in (f"{name}_{split}", name):
+        try:
+            return get_split(candidate)
+        except KeyError:
+            continue
+    get_split(f"{name}_{split}")  # raises with the did-you-mean message
+    raise AssertionError("unreachable")
+
+
+class TrainingData:
+    """The sources of one training run, indexed once; :meth:`global_batch` draws from them.
+
+    Args:
+        names: datasets (``refcoco``, ``refcoco+``, ``shapes``) or split names, their train split.
+        weights: sampling ratio per source (``None``: equal).
+        data_root: the refer-layout root.
+    """
+
+    def __init__(self, names: Sequence[str], weights: Sequence[float] | None, data_root: Path | None) -> None:
+        if not names:
+            raise EvfbenchError("no training data: pass --data NAME[,NAME...] (e.g. refcoco,refcoco+,refcocog,refclef)")
+        weights = [1.0] * len(names) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(names) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise EvfbenchError(f"--data-weights {list(weights)} must give one non-negative ratio per --data source {list(names)}")
+        self.names = list(names)
+        self.cards = [resolve_train_split(n) for n in names]
+        self.groups: list[list[ImageGroup]] = []
+        for name, card in zip(self.names, self.cards):
+            groups = [g for g in load_split(card, data_root) if g.samples]
+            if not groups:
+                raise EvfbenchError(f"--data {name}: split {card.name} has no image with a sentence")
+            self.groups.append(groups)
+        self.probs = np.asarray(weights, dtype=np.float64) / sum(weights)
+
+    def sentences(self) -> list[str]:
+        """Every training sentence (the tokenizer corpus)."""
+        return [s.text for groups in self.groups for g in groups for s in g.samples]
+
+    def global_batch(self, seed: int, step: int, size: int, texts_per_image: int, flip_prob: float) -> list[Item]:
+        """The ``size`` items of optimizer step ``step``; a pure function of its arguments."""
+        rng = np.random.default_rng([seed, step])
+        items = []
+        for _ in range(size):
+            source = int(rng.choice(len(self.groups), p=self.probs))
+            g = int(rng.integers(len(self.groups[source])))
+            n = len(self.groups[source][g].samples)
+            texts = tuple(int(i) for i in rng.permutation(n)[: min(n, texts_per_image)])
+            flip = bool(rng.random() < flip_prob)
+            items.append(Item(source, g, texts, flip))
+        return items
+
+    def group(self, item: Item) -> ImageGroup:
+        return self.groups[item.source][item.group]
+
+    def example(self, item: Item, image: np.ndarray | None = None) -> Example:
+        """Load ``item`` (``image``: the group's pixels if already read)."""
+        group = self.group(item)
+        image = group.load_image() if image is None else image
+        samples = [group.samples[i] for i in item.texts]
+        texts = [s.text for s in samples]
+        masks = np.stack([group.target_mask(s) for s in samples])
+        if item.flip:
+            image = np.ascontiguousarray(image[:, ::-1])
+            masks = np.ascontiguousarray(masks[:, :, ::-1])
+            texts = [flip_text(t) for t in texts]
+        elif not image.flags.writeable:  # torch warns about read-only arrays
+            image = image.copy()
+        return Example(item, image, texts, masks)
+
+
+def train_tokenizer(sentences: Iterable[str], folder: Path, vocab_size: int) -> Path:
+    """Train a SentencePiece (unigram) model on ``sentences`` into ``folder/sentencepiece.bpe.model``.
+
+    For models trained from scratch on a small vocabulary (the tiny ``shapes`` models); the
+    ids follow the BEiT-3 layout (see :mod:`evfbench.models.tokenizer`), so the BEiT-3
+    ``vocab_size`` must be at least ``vocab_size + 2``. Sorted unique sentences, one thread:
+    the same corpus gives the same model.
+    """
+    import sentencepiece
+
+    from evfbench.io import atomic_write_bytes
+    from evfbench.models.tokenizer import SPM_FILE
+
+    corpus = sorted({s.strip().lower() for s in sentences if s.strip()})
+    if not corpus:
+        raise EvfbenchError("no sentences to train a tokenizer on")
+    buffer = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=buffer, vocab_size=vocab_size, model_type="unigram",
+        hard_vocab_limit=False, num_threads=1, minloglevel=2, character_coverage=1.0,
+    )
+    atomic_write_bytes(Path(folder) / SPM_FILE, buffer.getvalue())
+    return Path(folder)

@@ -1,0 +1,255 @@
+"""python -m evfbench.train on a tiny generated shapes corpus: losses, flips, freezing, resume,
+torchrun parity, checkpoints that the registry loads, and the fusion baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from evfbench import train as train_module
+from evfbench.models.evf_sam import EvfConfig, build_net
+from evfbench.prep.shapes import build_shapes
+from evfbench.registry import create_model
+from evfbench.train import (
+    MODULES, TrainConfig, TrainError, Trainer, build_model, config_from_args, build_parser, mask_losses,
+    set_trainable, trainable_modules, train,
+)
+from evfbench.train_data import Item, TrainingData, flip_text
+from model_fixtures import make_group, random_image, spm_folder  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    build_shapes(root, n_images={"train": 8, "val": 4, "testA": 2, "testB": 2}, seed=0, progress=False)
+    return root
+
+
+def tiny_config(data_root: Path, **overrides) -> TrainConfig:
+    """``evf_sam_tiny`` (the test architecture) trained from scratch with its own tokenizer."""
+    base = dict(model="evf_sam_tiny", tokenizer_vocab=60, data=["shapes"], data_root=str(data_root), precision="fp32",
+                cache=True, steps=4, global_batch=2, per_device_batch=2, log_every=1, checkpoint_every=100, seed=0, lr=1e-3)
+    return TrainConfig(**{**base, **overrides})
+
+
+# ---- pieces -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, flipped", [
+    ("the leftmost red circle", "the rightmost red circle"),
+    ("the square to the left of the star", "the square to the right of the star"),
+    ("top right cross", "top left cross"),
+    ("Left zebra, right-most one", "Right zebra, left-most one"),
+    ("second circle from the right", "second circle from the left"),
+    ("bright light on the leftward side", "bright light on the rightward side"),
+])
+def test_flip_text_swaps_horizontal_words(text: str, flipped: str) -> None:
+    assert flip_text(text) == flipped
+    assert flip_text(flipped) == text
+
+
+def test_flip_mirrors_image_masks_and_words(data_root: Path) -> None:
+    data = TrainingData(["shapes"], None, data_root)
+    group = next(i for i, g in enumerate(data.groups[0]) if any("left" in s.text or "right" in s.text for s in g.samples))
+    n = len(data.groups[0][group].samples)
+    plain = data.example(Item(0, group, tuple(range(n)), False))
+    mirrored = data.example(Item(0, group, tuple(range(n)), True))
+    assert np.array_equal(mirrored.image, plain.image[:, ::-1])
+    assert np.array_equal(mirrored.masks, plain.masks[:, :, ::-1])
+    assert mirrored.texts == [flip_text(t) for t in plain.texts] != plain.texts
+    w = plain.image.shape[1]
+    for box, mbox in zip(plain.boxes(), mirrored.boxes()):
+        assert (mbox[0], mbox[2]) == (w - box[2], w - box[0]) and (mbox[1], mbox[3]) == (box[1], box[3])
+
+
+def test_global_batch_is_a_function_of_seed_and_step(data_root: Path) -> None:
+    data = TrainingData(["shapes", "shapes_train"], [3, 1], data_root)
+    a = data.global_batch(seed=1, step=5, size=16, texts_per_image=3, flip_prob=0.5)
+    assert a == data.global_batch(seed=1, step=5, size=16, texts_per_image=3, flip_prob=0.5)
+    assert a != data.global_batch(seed=1, step=6, size=16, texts_per_image=3, flip_prob=0.5)
+    assert all(1 <= len(i.texts) <= 3 and len(set(i.texts)) == len(i.texts) for i in a)
+    assert {i.flip for i in a} == {True, False}
+    assert not any(i.flip for i in data.global_batch(1, 5, 16, 3, flip_prob=0.0))
+
+
+def test_mask_losses_by_hand() -> None:
+    # logits 0 -> p = 0.5 everywhere: BCE = log 2; dice from the 1/1000-scaled sums
+    target = torch.zeros(4, 5)
+    target[:2, :3] = 1  # k = 6 of N = 20 pixels
+    bce, dice = mask_losses(torch.zeros(4, 5), target)
+    assert bce.item() == pytest.approx(math.log(2))
+    k, n, eps = 6, 20, 1e-6
+    assert dice.item() == pytest.approx(1 - (2 * 0.5 * k / 1000 + eps) / ((0.5 * n + k) / 1000 + eps), rel=1e-6)
+    # confident and right: both ~0; confident and wrong: BCE ~ |logit|, dice ~ 1
+    sure = (target * 2 - 1) * 30
+    bce, dice = mask_losses(sure, target)
+    assert bce.item() < 1e-6 and dice.item() < 1e-6
+    bce, dice = mask_losses(-sure, target)
+    # every pixel's p is ~1 where t = 0 and ~0 where t = 1: sums 14 (p) + 6 (t), intersection 0
+    assert bce.item() == pytest.approx(30, rel=1e-4) and dice.item() == pytest.approx(1 - eps / (20 / 1000 + eps), abs=1e-7)
+    # empty target and empty prediction: dice -> 0 thanks to eps (no 0/0)
+    bce, dice = mask_losses(torch.full((4, 5), -30.0), torch.zeros(4, 5))
+    assert dice.item() < 1e-3
+
+
+@pytest.mark.parametrize("names", [["mask_decoder"], ["mm_encoder", "projector"], list(MODULES)])
+def test_freezing_flags_freeze_exactly_the_named_modules(names: list[str]) -> None:
+    net = build_net(EvfConfig.create("sam", "test", "test"))
+    set_trainable(net, names)
+    modules = trainable_modules(net)
+    expected = {id(p) for n in names for p in modules[n].parameters()}
+    assert expected and {id(p) for p in net.parameters() if p.requires_grad} == expected
+
+
+def test_cli_config_precedence_and_freeze(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"lr": 3e-4, "steps": 10, "model_args": {"fusion": "late"}}))
+    args = build_parser().parse_args(["--config", str(cfg_file), "--output-dir", str(tmp_path), "--steps", "20",
+                                      "--freeze", "prompt_encoder", "--model-args", "dtype=fp32"])
+    cfg = config_from_args(args)
+    assert (cfg.lr, cfg.steps, cfg.global_batch, cfg.weight_decay) == (3e-4, 20, 128, 0.0)
+    assert cfg.train == ["mm_encoder", "projector", "mask_decoder"]
+    assert cfg.model_args == {"fusion": "late", "dtype": "fp32"}
+    boxes = config_from_args(build_parser().parse_args(["--output-dir", str(tmp_path), "--stage", "sam_boxes"]))
+    assert boxes.train == ["image_encoder", "prompt_encoder", "mask_decoder"]
+    cfg_file.write_text(yaml.safe_dump({"learning_rate": 1}))
+    with pytest.raises(TrainError, match="learning_rate"):
+        config_from_args(build_parser().parse_args(["--config", str(cfg_file), "--output-dir", str(tmp_path)]))
+
+
+def test_global_batch_must_split_evenly(data_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="not a multiple"):
+        train(tiny_config(data_root, global_batch=3, per_device_batch=2), tmp_path / "run", progress=False)
+
+
+# ---- training -----------------------------------------------------------------------------------
+def test_overfitting_one_batch_decreases_the_loss(data_root: Path, spm_folder: Path) -> None:
+    cfg = tiny_config(data_root, tokenizer=str(spm_folder), tokenizer_vocab=0, train=["mm_encoder", "projector", "mask_decoder"])
+    data = TrainingData(cfg.data, None, data_root)
+    torch.manual_seed(0)
+    model = build_model(cfg, torch.device("cpu"), None)
+    set_trainable(model.net.train(), cfg.train)
+    trainer = Trainer(model, cfg, torch.device("cpu"))
+    examples = [data.example(i) for i in data.global_batch(0, 0, 2, 3, 0.0)]
+    n_masks = sum(len(e.texts) for e in examples)
+    opt = torch.optim.AdamW([p for p in model.net.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss, _, _ = trainer(examples)
+        (loss / n_masks).backward()
+        opt.step()
+        losses.append(loss.item() / n_masks)
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_run_writes_outputs_and_the_registry_loads_the_checkpoint(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    final = train(tiny_config(data_root, val_split="shapes_val", eval_every=2, eval_limit=5), out, progress=False)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert set(cfg) == {f.name for f in dataclasses.fields(TrainConfig)} and cfg["lr"] == 1e-3
+    log = (out / "train_log.csv").read_text().splitlines()
+    assert log[0] == "step,loss,bce,dice,lr,samples_per_s,elapsed_s" and len(log) == 5
+    evals = (out / "eval_log.csv").read_text().splitlines()
+    assert evals[0].startswith("step,split,ciou,giou") and [r.split(",")[0] for r in evals[1:]] == ["2", "4"]
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    state = torch.load(out / "checkpoints" / "step-000004" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == state["data_position"] == 4 and state["accum"] == 1
+    # the official layout, loaded strictly (0 missing / unexpected keys) through the registry
+    model = create_model("evf_sam_tiny", weights=str(final))
+    trained = load_file(str(final / "model.safetensors"))
+    assert set(trained) == set(model.net.official_state_dict())
+    assert all(torch.equal(v, model.net.official_state_dict()[k]) for k, v in trained.items())
+    with pytest.raises(TrainError, match="--resume"):
+        train(tiny_config(data_root), out, progress=False)
+
+
+def test_resume_is_bit_identical(data_root: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(data_root, steps=4, flip_prob=0.5, warmup_steps=1)
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    part = train(cfg, tmp_path / "part", progress=False, stop_at=2)
+    assert part.name == "step-000002" and not (tmp_path / "part" / "model").exists()
+    with pytest.raises(TrainError, match="lr"):
+        train(dataclasses.replace(cfg, lr=0.5), tmp_path / "part", resume=True, progress=False)
+    resumed = train(cfg, tmp_path / "part", resume=True, progress=False)
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "whole" / "train_log.csv").read_text().splitlines()[1:] != []
+    losses = lambda p: [r.split(",")[1] for r in (p / "train_log.csv").read_text().splitlines()[1:]]  # noqa: E731
+    assert losses(tmp_path / "whole") == losses(tmp_path / "part")
+
+
+def test_sam_boxes_stage_feeds_a_text_stage(data_root: Path, tmp_path: Path) -> None:
+    stage1 = train(tiny_config(data_root, stage="sam_boxes", train=["image_encoder", "prompt_encoder", "mask_decoder"],
+                               steps=2, val_split="shapes_val", eval_every=1, eval_limit=3), tmp_path / "s1", progress=False)
+    sam = load_file(str(stage1 / "sam.safetensors"))
+    assert "image_encoder.patch_embed.proj.weight" in sam and "mask_decoder.iou_token.weight" in sam  # stock names
+    stage2 = train(tiny_config(data_root, sam_checkpoint=str(stage1), steps=1), tmp_path / "s2", progress=False)
+    encoder = {k[len("visual_model."):]: v for k, v in load_file(str(stage2 / "model.safetensors")).items()
+               if k.startswith("visual_model.image_encoder.")}
+    assert encoder and all(torch.equal(v, sam[k]) for k, v in encoder.items())  # frozen in stage 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(data_root: Path, tmp_path: Path) -> None:
+    """Same global batch of 4: 2 processes x 1 image x 2 accumulation steps vs 1 process x 4."""
+    cfg = tiny_config(data_root, steps=1, global_batch=4, optimizer="sgd", lr=1.0, grad_clip=0.0, flip_prob=0.5)
+    config = tmp_path / "c.yaml"
+    config.write_text(cfg.to_yaml())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "evfbench.train",
+           "--config", str(config), "--per-device-batch", "1", "--output-dir", str(tmp_path / "ddp"), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert train_module.main(["--config", str(config), "--per-device-batch", "4", "--output-dir", str(tmp_path / "one"),
+                              "--no-progress"]) == 0
+    ddp = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
+    one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    start = train(dataclasses.replace(cfg, steps=1, lr=0.0), tmp_path / "zero", progress=False)
+    init = load_file(str(start / "model.safetensors"))
+    moved = [k for k in one if not torch.equal(one[k], init[k])]
+    assert moved  # the step changed something
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], atol=1e-6, rtol=0)
+    log = lambda p: (p / "train_log.csv").read_text().splitlines()[1].split(",")[1:4]  # noqa: E731
+    assert [float(x) for x in log(tmp_path / "ddp")] == pytest.approx([float(x) for x in log(tmp_path / "one")], abs=1e-5)
+
+
+# ---- fusion baselines ---------------------------------------------------------------------------
+@pytest.mark.parametrize("fusion", ["text", "late"])
+def test_fusion_baselines_save_and_load(fusion: str, tmp_path: Path, spm_folder: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model(f"evf_sam_tiny_{fusion}", tokenizer=str(spm_folder))
+    d = model.config.beit3.embed_dim
+    assert model.net.text_hidden_fcs[0][0].in_features == (2 * d if fusion == "late" else d)
+    image, other = random_image(40, 50, seed=1), random_image(40, 50, seed=2)
+    ids, padding = model.tokenize(["the man on the left", "blue umbrella"])
+    with torch.no_grad():
+        p1 = model.net.prompt(model.embed_image(image), ids, padding)
+        p2 = model.net.prompt(model.embed_image(other), ids, padding)
+    assert p1.shape == (2, 1, model.config.out_dim)
+    assert torch.equal(p1, p2) == (fusion == "text")  # text-only ignores the image
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((folder / "config.json").read_text())["fusion"] == fusion
+    assert model.config.fusion == fusion
+    reloaded = create_model("evf_sam_tiny", weights=str(folder), fusion=None)  # fusion read from config.json
+    assert reloaded.config.fusion == fusion
+    group = make_group(["the man on the left", "blue umbrella"], 40, 50)
+    assert np.array_equal(model.predict(image, group), reloaded.predict(image, group))
+    with pytest.raises(Exception, match="fusion"):
+        create_model("evf_sam_tiny", weights=str(folder), fusion="early")
+
+
+def test_early_fusion_config_json_has_no_fusion_key(tmp_path: Path) -> None:
+    config = EvfConfig.create("sam", "test", "test")
+    assert config.fusion == "early" and "fusion" not in config.to_json()
+    assert EvfConfig.from_json(config.to_json()) == config
