@@ -190,3 +190,12 @@ def test_torchrun_two_processes_match_one(data_root: Path, tmp_path: Path) -> No
         assert results["metrics"] == ref["metrics"]  # bit-identical, not approximately
         assert (tmp_path / "two" / f"{model}__{SPLIT}" / "samples.jsonl").read_text() == \
             (tmp_path / "one" / f"{model}__{SPLIT}" / "samples.jsonl").read_text()
+
+
+def test_outputs_are_not_private(data_root: Path, tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (0600); results must be readable like any file."""
+    run(["empty"], [SPLIT], data_root=data_root, output_dir=tmp_path, limit=2)
+    mode = (tmp_path / f"empty__{SPLIT}" / "results.json").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

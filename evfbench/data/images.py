@@ -24,7 +24,7 @@ def read_image(path: Path, expected_size: tuple[int, int] | None = None) -> np.n
         )
     try:
         with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
+            array = np.array(im.convert("RGB"))  # writable: torch.as_tensor warns on read-only arrays
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(
             f"cannot decode image {path}: {err}\n  fix: the file is corrupt or truncated; download it again"
