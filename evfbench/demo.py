@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from evfbench import gallery, report, run
-from evfbench.cards import model_cards
+from evfbench.cards import model_cards, registry_root
 from evfbench.data import default_data_root
 from evfbench.errors import cli
 from evfbench.prep import shapes
@@ -56,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = [args.runs / f"{m}__{split}" for m in models if m not in {"empty", "all_objects"}]
         gallery.render_gallery(runs, split, out, data_root, n=6)
         print(f"wrote {out}")
+    trained = [f"`{m}`: {Path(model_args(m)['weights']).relative_to(registry_root().parent)}/TRAINING.md"
+               for m in models if m not in REFERENCE_ROWS]
+    note = NOTE + ("\n\nTraining time, command, seed and logs of each trained model: " + "; ".join(trained)
+                   if trained else "")
     return report.main(["--results", str(args.runs), "--layout", "shapes", "--output-dir", str(args.reports),
-                        "--title", "shapes benchmark (embedded default)", "--note", NOTE])
+                        "--title", "shapes benchmark (embedded default)", "--note", note])
 
 
 if __name__ == "__main__":
