@@ -80,6 +80,18 @@ def test_same_seed_gives_byte_identical_files(corpus: Path, tmp_path: Path) -> N
     assert (other / "shapes" / "instances.json").read_bytes() != (corpus / "shapes" / "instances.json").read_bytes()
 
 
+def test_worker_processes_give_the_same_bytes(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large builds draw images in worker processes; the files must not depend on that."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import evfbench.prep.shapes as shapes
+
+    monkeypatch.setattr(shapes, "_pool", lambda n: ProcessPoolExecutor(max_workers=2))
+    _build(tmp_path)
+    for rel in ("shapes/refs(unc).p", "shapes/instances.json", "images/shapes/shapes_000003.png"):
+        assert (corpus / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
+
+
 def test_refer_schema(corpus: Path) -> None:
     refs, inst = _load(corpus)
     assert refs == load_refs(corpus / "shapes" / "refs(unc).p")  # the project's safe loader agrees

@@ -29,6 +29,9 @@ def write_refer(
     ``annotations`` and ``categories``.
     """
     folder = Path(root) / dataset
-    atomic_write_bytes(folder / f"refs({split_by}).p", pickle.dumps(refs, protocol=2))
+    # Through JSON first: pickle shares repeated objects by identity, so the same refs built
+    # in another order or process would give other bytes; a canonical copy gives the same.
+    canonical = json.loads(json.dumps(refs))
+    atomic_write_bytes(folder / f"refs({split_by}).p", pickle.dumps(canonical, protocol=2))
     atomic_write_text(folder / "instances.json", json.dumps(instances))
     return folder

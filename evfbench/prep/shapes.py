@@ -28,10 +28,12 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -614,6 +616,60 @@ def _bbox(mask: np.ndarray) -> list[float]:
 # ----------------------------------------------------------------------------- corpus
 
 
+
+@dataclass
+class _Drawn:
+    """One image, drawn and annotated in a worker; corpus-wide ids are assigned in order later."""
+
+    file_name: str  # temporary name inside the partial image folder
+    height: int
+    width: int
+    shapes: list[dict[str, Any]]  # annotations without id / image_id
+    refs: list[tuple[int, list[dict[str, Any]], bool]]  # (target, sentences numbered from 0, location-free)
+
+
+def _draw(task: tuple[int, str, int, str]) -> _Drawn:
+    """Generate, render and save image ``index`` of ``split``: a pure function of the task,
+    so the corpus is byte-identical however many processes draw it."""
+    seed, split, index, folder = task
+    gen = _generate_image(seed, split, index)
+    scene = gen.scene
+    pixels = _render(scene, np.random.default_rng([seed, SPLITS.index(split), index, 1]))
+    file_name = f".{split}_{index:07d}.png"
+    Image.fromarray(pixels).save(Path(folder) / file_name, format="PNG", compress_level=1)
+    shapes = [{
+        "category_id": CATEGORY_IDS[s.category], "segmentation": encode_rle(s.visible),
+        "area": int(s.visible.sum()), "bbox": _bbox(s.visible), "iscrowd": 0,
+        "attributes": {"color": s.color, "size": s.size, "center": [s.cx, s.cy], "radius": s.radius,
+                       "full_area": s.full_area, "z": s.z},
+    } for s in scene.shapes]
+    refs = [(target, [_sentence(k, kind, text, gen.rng) for k, (kind, text) in enumerate(sentences)],
+             all(k in PLUS_KINDS for k, _ in sentences))
+            for target, sentences in gen.refs]
+    return _Drawn(file_name, scene.height, scene.width, shapes, refs)
+
+
+class _Serial:
+    """``map`` in this process, for small builds where starting workers costs more than it saves."""
+
+    def __enter__(self) -> "_Serial":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn: Any, items: Sequence[Any], chunksize: int = 1) -> Any:
+        return map(fn, items)
+
+
+def _pool(n_tasks: int) -> Any:
+    """Worker processes for a large build (one per core); the output does not depend on it."""
+    workers = min(os.cpu_count() or 1, 8)
+    if workers < 2 or n_tasks < 256:
+        return _Serial()
+    return ProcessPoolExecutor(max_workers=workers)
+
+
 def _check_counts(n_images: Mapping[str, int]) -> dict[str, int]:
     unknown = set(n_images) - set(SPLITS)
     if unknown:
@@ -700,45 +756,37 @@ def build_shapes(
 
     images, annotations, refs = [], [], []
     stats = {split: {"refs": 0, "sentences": 0, "images": 0} for split in SPLITS}
+    tasks = [(seed, split, index, str(partial)) for split in SPLITS for index in range(counts[split])]
     image_id = ann_id = ref_id = sent_id = 0
-    with tqdm(total=sum(counts.values()), desc="shapes", unit="img", disable=not progress) as bar:
-        for split in SPLITS:
-            for index in range(counts[split]):
-                gen = _generate_image(seed, split, index)
-                scene = gen.scene
-                image_id += 1
-                file_name = f"shapes_{image_id:06d}.png"
-                pixels = _render(scene, np.random.default_rng([seed, SPLITS.index(split), index, 1]))
-                Image.fromarray(pixels).save(partial / file_name, format="PNG", compress_level=1)
-                images.append({"id": image_id, "file_name": file_name, "height": scene.height, "width": scene.width})
-                ann_ids = []
-                for s in scene.shapes:
-                    ann_id += 1
-                    ann_ids.append(ann_id)
-                    annotations.append({
-                        "id": ann_id, "image_id": image_id, "category_id": CATEGORY_IDS[s.category],
-                        "segmentation": encode_rle(s.visible), "area": int(s.visible.sum()),
-                        "bbox": _bbox(s.visible), "iscrowd": 0,
-                        "attributes": {"color": s.color, "size": s.size, "center": [s.cx, s.cy],
-                                       "radius": s.radius, "full_area": s.full_area, "z": s.z},
-                    })
-                for target, sentences in gen.refs:
-                    records = [_sentence(sent_id + k, kind, text, gen.rng) for k, (kind, text) in enumerate(sentences)]
-                    sent_id += len(records)
-                    refs.append({
-                        "ref_id": ref_id, "ann_id": ann_ids[target], "image_id": image_id,
-                        "category_id": CATEGORY_IDS[scene.shapes[target].category], "split": split,
-                        "sent_ids": [r["sent_id"] for r in records],
-                        # RefCOCO convention: <image stem>_<ann_id>, NOT the image file
-                        "file_name": f"shapes_{image_id:06d}_{ann_ids[target]}.png",
-                        "sentences": records,
-                        "style": "plus" if all(k in PLUS_KINDS for k, _ in sentences) else "loc",
-                    })
-                    ref_id += 1
-                stats[split]["refs"] += len(gen.refs)
-                stats[split]["sentences"] += sum(len(s) for _, s in gen.refs)
-                stats[split]["images"] += bool(gen.refs)
-                bar.update()
+    with _pool(len(tasks)) as pool, tqdm(total=len(tasks), desc="shapes", unit="img", disable=not progress) as bar:
+        for (_, split, _, _), drawn in zip(tasks, pool.map(_draw, tasks, chunksize=32)):
+            image_id += 1
+            file_name = f"shapes_{image_id:06d}.png"
+            (partial / drawn.file_name).rename(partial / file_name)
+            images.append({"id": image_id, "file_name": file_name, "height": drawn.height, "width": drawn.width})
+            ann_ids = []
+            for shape in drawn.shapes:
+                ann_id += 1
+                ann_ids.append(ann_id)
+                annotations.append({"id": ann_id, "image_id": image_id, **shape})
+            for target, records, plus in drawn.refs:
+                for record in records:
+                    record["sent_id"] += sent_id
+                sent_id += len(records)
+                refs.append({
+                    "ref_id": ref_id, "ann_id": ann_ids[target], "image_id": image_id,
+                    "category_id": drawn.shapes[target]["category_id"], "split": split,
+                    "sent_ids": [r["sent_id"] for r in records],
+                    # RefCOCO convention: <image stem>_<ann_id>, NOT the image file
+                    "file_name": f"shapes_{image_id:06d}_{ann_ids[target]}.png",
+                    "sentences": records,
+                    "style": "plus" if plus else "loc",
+                })
+                ref_id += 1
+            stats[split]["refs"] += len(drawn.refs)
+            stats[split]["sentences"] += sum(len(r) for _, r, _ in drawn.refs)
+            stats[split]["images"] += bool(drawn.refs)
+            bar.update()
 
     if image_dir.exists():
         old = image_dir.with_name(f".{image_dir.name}.old")
