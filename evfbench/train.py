@@ -332,7 +332,7 @@ def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | 
     groups = limit_groups(load_split(get_split(split), data_root), limit)
     with torch.no_grad():
         for g in groups:
-            image = g.load_image().copy()  # writable: torch warns about read-only arrays
+            image = g.load_image()
             if trainer.cfg.stage == "sam_boxes":
                 item = Item(-1, g.image_id, tuple(range(len(g.samples))), False)
                 masks = np.stack([g.target_mask(s) for s in g.samples])

@@ -143,8 +143,6 @@ class TrainingData:
             image = np.ascontiguousarray(image[:, ::-1])
             masks = np.ascontiguousarray(masks[:, :, ::-1])
             texts = [flip_text(t) for t in texts]
-        elif not image.flags.writeable:  # torch warns about read-only arrays
-            image = image.copy()
         return Example(item, image, texts, masks)
 
 
