@@ -25,7 +25,8 @@ from evfbench.train import (
     MODULES, TrainConfig, TrainError, Trainer, build_model, config_from_args, build_parser, mask_losses,
     set_trainable, trainable_modules, train,
 )
-from evfbench.train_data import Item, TrainingData, flip_text
+from evfbench.models.tokenizer import BeitTokenizer
+from evfbench.train_data import Item, TrainingData, flip_text, train_tokenizer
 from model_fixtures import make_group, random_image, spm_folder  # noqa: F401 (fixture)
 
 
@@ -79,6 +80,20 @@ def test_global_batch_is_a_function_of_seed_and_step(data_root: Path) -> None:
     assert all(1 <= len(i.texts) <= 3 and len(set(i.texts)) == len(i.texts) for i in a)
     assert {i.flip for i in a} == {True, False}
     assert not any(i.flip for i in data.global_batch(1, 5, 16, 3, flip_prob=0.0))
+
+
+def test_trained_tokenizer_keeps_frequent_words_whole(tmp_path: Path) -> None:
+    # a unigram model stopped at ~100 pieces on corpora like this and spelled colours letter
+    # by letter ("_b l u e"), which a tiny model trained from scratch must then learn to read
+    words = [f"the {size} {colour} {noun}{where}" for size in ("small", "large", "")
+             for colour in ("red", "green", "blue", "yellow", "purple", "orange")
+             for noun in ("circle", "square", "triangle", "diamond", "star", "cross")
+             for where in ("", " on the left", " at the top", " left of the blue triangle")]
+    folder = train_tokenizer(words * 3, tmp_path / "tok", vocab_size=120)
+    tok = BeitTokenizer.from_folder(folder)
+    assert len(tok) > 100
+    for sentence in ("the small orange diamond", "the purple cross on the left"):
+        assert len(tok.encode(sentence)) == len(sentence.split()) + 2  # <s> one piece per word </s>
 
 
 def test_mask_losses_by_hand() -> None:
