@@ -3,7 +3,8 @@
 1. build the synthetic ``shapes`` benchmark (refer layout; skipped when already built);
 2. evaluate the reference rows and every model whose card ships trained ``shapes`` weights
    on shapes val/testA/testB (resumable: a rerun only does what is missing);
-3. write the comparison tables (CSV, markdown, LaTeX) and overlay galleries to ``reports/shapes``.
+3. write the comparison tables (CSV, markdown, LaTeX), a per-sentence-kind breakdown of val
+   and overlay galleries to ``reports/shapes``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ REFERENCE_ROWS = ["oracle", "empty", "box", "all_objects", "largest"]
 NOTE = ("Regenerate with `make demo` (`python -m evfbench.demo`): it builds the corpus with "
         "`python -m evfbench.prep shapes` (seed 0), evaluates the reference rows and every model card's "
         "`shapes` weights with `python -m evfbench.run`, and writes this folder. `all_objects` and `largest` "
-        "ignore the text: a model that reads the expression must beat them by a wide margin.")
+        "ignore the text: a model that reads the expression must beat them by a wide margin. "
+        "[by_kind.md](by_kind.md) splits shapes_val by the grammar rule of each sentence.")
 
 
 def trained_models() -> list[str]:
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [args.runs / f"{m}__{split}" for m in models if m not in {"empty", "all_objects"}]
         gallery.render_gallery(runs, split, out, data_root, n=6)
         print(f"wrote {out}")
+    kinds = report.breakdown([args.runs / f"{m}__shapes_val" for m in models], shapes.sentence_kinds(data_root))
+    report.write_breakdown(kinds, args.reports, "by_kind", "cIoU (%) on shapes_val per sentence kind (data_prep/shapes.md, Grammar)")
     trained = [f"`{m}`: {Path(model_args(m)['weights']).relative_to(registry_root().parent)}/TRAINING.md"
                for m in models if m not in REFERENCE_ROWS]
     note = NOTE + ("\n\nTraining time, command, seed and logs of each trained model: " + "; ".join(trained)

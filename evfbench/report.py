@@ -13,6 +13,7 @@ Writes ``<output-dir>/{ciou,giou}.{csv,md,tex}`` and a ``README.md`` that stitch
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from evfbench.cards import model_cards, published_tables
 from evfbench.errors import EvfbenchError, cli
 from evfbench.io import atomic_write_text
 from evfbench.metrics import CONVENTION
-from evfbench.results import load_results
+from evfbench.results import RESULTS, iter_samples, load_results
 
 LAYOUTS: dict[str, list[str]] = {
     # the paper's Tab.2 / Tab.6 column order
@@ -150,6 +151,44 @@ def write_tables(
         sections += ["## Galleries", ""] + [f"![{g.stem}]({g.name})" for g in galleries] + [""]
     atomic_write_text(output_dir / "README.md", "\n".join(sections))
     return tables
+
+
+def breakdown(run_dirs: list[Path], labels: dict[int, str]) -> pd.DataFrame:
+    """cIoU (%) of each finished run per sentence label (e.g. the grammar rule of a shapes
+    sentence), plus a ``sentences`` row: where a model's errors are, which one average hides.
+
+    ``labels`` maps ``sent_id`` to its label; a sentence without one is an error (the labels
+    belong to another corpus or seed)."""
+    rows, counts = [], None
+    for folder in run_dirs:
+        meta = json.loads((Path(folder) / RESULTS).read_text(encoding="utf-8"))
+        frame = pd.DataFrame(
+            [(r["sent_id"], r["intersection"], r["union"]) for r in iter_samples(folder)],
+            columns=["sent_id", "intersection", "union"],
+        )
+        frame["label"] = frame["sent_id"].map(labels)
+        if frame["label"].isna().any():
+            missing = frame.loc[frame["label"].isna(), "sent_id"].head(3).tolist()
+            raise EvfbenchError(f"{folder}: sentences {missing} have no label; the run and the labels come from "
+                                "different corpora\n  fix: rerun the evaluation on the current data")
+        sums = frame.groupby("label")[["intersection", "union"]].sum()
+        rows.append({"model": meta["model"], "split": meta["split"],
+                     **(100 * sums["intersection"] / sums["union"].clip(lower=1)).to_dict()})
+        counts = frame.groupby("label").size().to_dict()
+    if not rows:
+        raise EvfbenchError("breakdown: no runs given")
+    table = pd.DataFrame(rows + [{"model": "sentences", "split": rows[-1]["split"], **counts}])
+    order = sorted(counts, key=lambda k: -counts[k])
+    return table[["model", "split", *order]]
+
+
+def write_breakdown(table: pd.DataFrame, output_dir: Path, name: str, title: str) -> None:
+    """``<name>.csv`` and ``<name>.md`` of a :func:`breakdown` table."""
+    pretty = table.copy()
+    for c in pretty.columns[2:]:
+        pretty[c] = [f"{v:.0f}" if m == "sentences" else f"{v:.1f}" for m, v in zip(pretty["model"], pretty[c])]
+    atomic_write_text(output_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(output_dir / f"{name}.md", f"# {title}\n\n{_markdown(pretty)}\n")
 
 
 @cli

@@ -11,9 +11,10 @@ from PIL import Image
 
 from evfbench.errors import EvfbenchError
 from evfbench.gallery import GT_COLOUR, overlay, render_gallery
-from evfbench.prep.shapes import build_shapes
+from evfbench.prep.shapes import build_shapes, sentence_kinds
+from evfbench.report import breakdown, write_breakdown, write_tables
 from evfbench.report import main as report_main
-from evfbench.report import write_tables
+from evfbench.results import iter_samples
 from evfbench.run import run
 
 
@@ -44,6 +45,23 @@ def test_shapes_table_matches_results(evaluated, tmp_path: Path) -> None:
     readme = (tmp_path / "README.md").read_text()
     assert "Metric convention: evf_sam/lisa" in readme and "| oracle" in readme
     assert (tmp_path / "ciou.tex").read_text().startswith("\\begin{tabular}")
+
+
+def test_breakdown_by_sentence_kind(evaluated, tmp_path: Path) -> None:
+    root, runs, metrics = evaluated
+    kinds = sentence_kinds(root)
+    table = breakdown([runs / "oracle__shapes_val", runs / "box__shapes_val"], kinds).set_index("model")
+    records = list(iter_samples(runs / "box__shapes_val"))
+    for kind in {kinds[r["sent_id"]] for r in records}:  # cIoU recomputed by hand, per kind
+        mine = [r for r in records if kinds[r["sent_id"]] == kind]
+        expected = 100 * sum(r["intersection"] for r in mine) / sum(r["union"] for r in mine)
+        assert table.loc["box", kind] == pytest.approx(expected)
+        assert table.loc["oracle", kind] == 100 and table.loc["sentences", kind] == len(mine)
+    assert sum(table.loc["sentences", list(table.columns[1:])]) == len(records)
+    write_breakdown(table.reset_index(), tmp_path, "by_kind", "per kind")
+    assert "| box" in (tmp_path / "by_kind.md").read_text()
+    with pytest.raises(EvfbenchError, match="no label"):
+        breakdown([runs / "box__shapes_val"], {})
 
 
 def test_published_rows_are_marked(evaluated, tmp_path: Path) -> None:

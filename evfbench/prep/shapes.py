@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from evfbench.data import default_data_root
 from evfbench.data.masks import encode_rle
+from evfbench.errors import EvfbenchError
 from evfbench.data.refer_writer import write_refer
 from evfbench.io import atomic_write_json
 
@@ -806,6 +807,17 @@ def build_shapes(
     atomic_write_json(_manifest_path(root), {**settings, "files": files, "n_image_files": len(images),
                                              "statistics": stats})
     return stats
+
+
+def sentence_kinds(root: Path | None = None) -> dict[int, str]:
+    """``sent_id`` -> the grammar rule (``kind``) of every sentence of a built corpus: the
+    labels of a per-kind breakdown (:func:`evfbench.report.breakdown`)."""
+    from evfbench.data.safe_pickle import load_refs
+
+    path = Path(root or default_data_root()) / DATASET / f"refs({SPLIT_BY}).p"
+    if not path.is_file():
+        raise EvfbenchError(f"{path} does not exist\n  fix: python -m evfbench.prep shapes --data-root {path.parent.parent}")
+    return {int(s["sent_id"]): str(s["kind"]) for ref in load_refs(path) for s in ref["sentences"]}
 
 
 def format_statistics(stats: Mapping[str, Mapping[str, int]]) -> str:
