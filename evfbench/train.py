@@ -26,7 +26,8 @@ Stages: ``--stage text`` (default) trains on referring expressions. ``--stage sa
 trains the SAM parts alone with box prompts of the targets (stock prompt encoder); its
 ``model/sam.safetensors`` has the stock ``segment_anything`` key names and is a
 ``--sam-checkpoint`` for a text stage: the way to get a "pretrained SAM" for tiny models
-trained from scratch.
+trained from scratch. ``--init`` a text-only run with ``--model-args fusion=early`` continues
+its parameters as early fusion (text first, then fusion: how ``evf_sam_tiny.shapes`` was made).
 
 Output folder::
 
@@ -53,6 +54,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import json
 import os
 import shutil
 import sys
@@ -463,9 +465,13 @@ def build_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None
         args["sam_checkpoint"] = str(resume_from / SAM_FILE)
         if cfg.beit3_checkpoint:
             args["beit3_checkpoint"] = cfg.beit3_checkpoint
-    else:
+    switch_to = None
+    if resume_from is None:
         if cfg.init:
             args["weights"] = cfg.init
+            if "fusion" in args:
+                # e.g. --init a text-only run --model-args fusion=early: load it as trained, then switch
+                switch_to, args["fusion"] = args["fusion"], _checkpoint_fusion(Path(cfg.init))
         if cfg.sam_checkpoint:
             args["sam_checkpoint"] = resolve_sam_checkpoint(cfg.sam_checkpoint)
         if cfg.beit3_checkpoint:
@@ -477,7 +483,21 @@ def build_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None
         raise TrainError(f"--model {cfg.model} is not an EVF-SAM model; evfbench.train trains evf_sam / evf_sam2 architectures")
     if cfg.stage == "sam_boxes" and model.config.family != "sam":
         raise TrainError("--stage sam_boxes trains SAM-1 (segment_anything) models only")
+    if switch_to is not None and switch_to != model.config.fusion:
+        try:
+            model.net.switch_fusion(switch_to)
+        except ValueError as err:
+            raise TrainError(f"--init {cfg.init}: {err}") from None
+        print(f"--init {cfg.init}: {args['fusion']}-fusion weights continue as {switch_to} fusion")
     return model
+
+
+def _checkpoint_fusion(folder: Path) -> str:
+    """The fusion recorded in an official-layout folder's config.json (no key: early)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise TrainError(f"--init {folder}: no config.json; pass a folder in the official EVF-SAM layout")
+    return str(json.loads(path.read_text(encoding="utf-8")).get("fusion", "early"))
 
 
 def attach_tokenizer(model: Any, cfg: TrainConfig, data: TrainingData, output_dir: Path, ctx: Context) -> None:

@@ -240,6 +240,19 @@ def test_torchrun_two_processes_match_one(data_root: Path, tmp_path: Path) -> No
 
 
 # ---- fusion baselines ---------------------------------------------------------------------------
+def test_a_text_only_run_initialises_an_early_fusion_run(data_root: Path, tmp_path: Path) -> None:
+    text = train(tiny_config(data_root, model="evf_sam_tiny_text", steps=1), tmp_path / "text", progress=False)
+    assert json.loads((text / "config.json").read_text())["fusion"] == "text"
+    early = train(tiny_config(data_root, init=str(text), tokenizer_vocab=0, model_args={"fusion": "early"}, steps=1, lr=0.0),
+                  tmp_path / "early", progress=False)
+    assert "fusion" not in json.loads((early / "config.json").read_text())  # early: the official layout
+    a, b = load_file(str(text / "model.safetensors")), load_file(str(early / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the same parameters
+    with pytest.raises(TrainError, match="late fusion's projector"):
+        train(tiny_config(data_root, init=str(text), tokenizer_vocab=0, model_args={"fusion": "late"}), tmp_path / "late",
+              progress=False)
+
+
 @pytest.mark.parametrize("fusion", ["text", "late"])
 def test_fusion_baselines_save_and_load(fusion: str, tmp_path: Path, spm_folder: Path) -> None:
     torch.manual_seed(0)

@@ -259,6 +259,18 @@ class EvfSamNet(nn.Module):
     def beit3(self) -> BEiT3:
         return self.mm_extractor.beit3
 
+    def switch_fusion(self, fusion: str) -> None:
+        """Use the same parameters with another fusion, in place: ``text`` and ``early`` both
+        project one BEiT-3 [CLS] of width D, so weights trained text-only can start an
+        early-fusion run (a curriculum for encoders trained from scratch). ``late``'s projector
+        reads 2 D and cannot be switched to or from."""
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}; got {fusion!r}")
+        if fusion != self.config.fusion and "late" in (fusion, self.config.fusion):
+            raise ValueError(f"cannot switch {self.config.fusion!r} fusion to {fusion!r}: late fusion's projector "
+                             f"reads 2 x {self.config.beit3.embed_dim} features, the others {self.config.beit3.embed_dim}")
+        self.config = replace(self.config, fusion=fusion)
+
     # official names ---------------------------------------------------------------------
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict under the names of the official files."""
