@@ -171,13 +171,16 @@ def breakdown(run_dirs: list[Path], labels: dict[int, str]) -> pd.DataFrame:
             missing = frame.loc[frame["label"].isna(), "sent_id"].head(3).tolist()
             raise EvfbenchError(f"{folder}: sentences {missing} have no label; the run and the labels come from "
                                 "different corpora\n  fix: rerun the evaluation on the current data")
+        if rows and meta["split"] != rows[0]["split"]:
+            raise EvfbenchError(f"{folder}: split {meta['split']}, but {rows[0]['model']} was run on {rows[0]['split']}; "
+                                "a breakdown compares runs of one split\n  fix: pass the runs of one split")
         sums = frame.groupby("label")[["intersection", "union"]].sum()
         rows.append({"model": meta["model"], "split": meta["split"],
                      **(100 * sums["intersection"] / sums["union"].clip(lower=1)).to_dict()})
         counts = frame.groupby("label").size().to_dict()
     if not rows:
         raise EvfbenchError("breakdown: no runs given")
-    table = pd.DataFrame(rows + [{"model": "sentences", "split": rows[-1]["split"], **counts}])
+    table = pd.DataFrame(rows + [{"model": "sentences", "split": rows[0]["split"], **counts}])
     order = sorted(counts, key=lambda k: -counts[k])
     return table[["model", "split", *order]]
 

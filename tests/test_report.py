@@ -62,6 +62,8 @@ def test_breakdown_by_sentence_kind(evaluated, tmp_path: Path) -> None:
     assert "| box" in (tmp_path / "by_kind.md").read_text()
     with pytest.raises(EvfbenchError, match="no label"):
         breakdown([runs / "box__shapes_val"], {})
+    with pytest.raises(EvfbenchError, match="one split"):
+        breakdown([runs / "box__shapes_val", runs / "box__shapes_testA"], kinds)
 
 
 def test_published_rows_are_marked(evaluated, tmp_path: Path) -> None:

@@ -44,8 +44,8 @@ from tqdm import tqdm
 
 from evfbench.data import default_data_root
 from evfbench.data.masks import encode_rle
-from evfbench.errors import EvfbenchError
 from evfbench.data.refer_writer import write_refer
+from evfbench.errors import EvfbenchError
 from evfbench.io import atomic_write_json
 
 DATASET = "shapes"
