@@ -54,7 +54,6 @@ import argparse
 import csv
 import dataclasses
 import io
-import json
 import os
 import shutil
 import sys
@@ -470,8 +469,9 @@ def build_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None
         if cfg.init:
             args["weights"] = cfg.init
             if "fusion" in args:
-                # e.g. --init a text-only run --model-args fusion=early: load it as trained, then switch
-                switch_to, args["fusion"] = args["fusion"], _checkpoint_fusion(Path(cfg.init))
+                # e.g. --init a text-only run --model-args fusion=early: load it with the fusion its
+                # config.json records (fusion=None), then switch
+                switch_to, args["fusion"] = args["fusion"], None
         if cfg.sam_checkpoint:
             args["sam_checkpoint"] = resolve_sam_checkpoint(cfg.sam_checkpoint)
         if cfg.beit3_checkpoint:
@@ -483,21 +483,14 @@ def build_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None
         raise TrainError(f"--model {cfg.model} is not an EVF-SAM model; evfbench.train trains evf_sam / evf_sam2 architectures")
     if cfg.stage == "sam_boxes" and model.config.family != "sam":
         raise TrainError("--stage sam_boxes trains SAM-1 (segment_anything) models only")
-    if switch_to is not None and switch_to != model.config.fusion:
+    trained_as = model.config.fusion
+    if switch_to is not None and switch_to != trained_as:
         try:
             model.net.switch_fusion(switch_to)
         except ValueError as err:
             raise TrainError(f"--init {cfg.init}: {err}") from None
-        print(f"--init {cfg.init}: {args['fusion']}-fusion weights continue as {switch_to} fusion")
+        print(f"--init {cfg.init}: {trained_as}-fusion weights continue as {switch_to} fusion")
     return model
-
-
-def _checkpoint_fusion(folder: Path) -> str:
-    """The fusion recorded in an official-layout folder's config.json (no key: early)."""
-    path = folder / "config.json"
-    if not path.is_file():
-        raise TrainError(f"--init {folder}: no config.json; pass a folder in the official EVF-SAM layout")
-    return str(json.loads(path.read_text(encoding="utf-8")).get("fusion", "early"))
 
 
 def attach_tokenizer(model: Any, cfg: TrainConfig, data: TrainingData, output_dir: Path, ctx: Context) -> None:
