@@ -736,7 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beit3-checkpoint", help="beit3_large_patch16_224.pth")
     p.add_argument("--tokenizer", help="tokenizer folder or SentencePiece .model file")
     p.add_argument("--tokenizer-vocab", type=int, help="train a SentencePiece tokenizer of this size on the data")
-    p.add_argument("--data", type=_csv_list, help="training sources, e.g. refcoco,refcoco+,refcocog,refclef")
+    p.add_argument("--data", type=_csv_list, help="training sources, e.g. refcoco,refcoco+,refcocog,refclef; NAME:semantic gives "
+                   "[semantic] {category} prompts, NAME:KIND+KIND only those sentence kinds (shapes)")
     p.add_argument("--data-weights", type=lambda t: [float(x) for x in _csv_list(t)], help="sampling ratios, e.g. 1,1,1,1")
     p.add_argument("--data-root", help="datasets root (default $EVFBENCH_DATA)")
     p.add_argument("--val-split", help="evaluate on this split (e.g. refcoco_val)")

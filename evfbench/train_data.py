@@ -9,25 +9,37 @@ process of a ``torchrun`` job sees the same global batch and takes its own slice
 Flipping mirrors the image and the masks and swaps the horizontal words of the expression
 (``left`` <-> ``right``, ``leftmost`` <-> ``rightmost``, ``top left`` -> ``top right``, ...), so
 the expression still names the same object.
+
+A ``--data`` entry is ``NAME`` (every sentence of the train split) or ``NAME:VIEW``:
+
+- ``NAME:semantic``: one ``[semantic] {category}`` prompt per category of each image, whose
+  target is the union of that category's instances: the semantic-level data of the paper's
+  multitask mix, made from the dataset's own instance annotations (train images only);
+- ``NAME:KIND[+KIND...]``: only the sentences of these grammar rules, for corpora that record
+  a ``kind`` per sentence (``shapes``): ``shapes:attribute+comparative+hidden`` is its
+  location-free part, the counterpart of RefCOCO+ for a curriculum.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from evfbench.cards import SplitCard
-from evfbench.data.refer import load_split
-from evfbench.data.types import ImageGroup
+from evfbench.data.refer import category_names, load_split
+from evfbench.data.types import ImageGroup, Sample
 from evfbench.errors import EvfbenchError
 from evfbench.registry import get_split
 
-__all__ = ["flip_text", "Item", "Example", "TrainingData", "resolve_train_split", "train_tokenizer"]
+__all__ = ["flip_text", "Item", "Example", "TrainingData", "resolve_train_split", "semantic_samples", "source_groups",
+           "train_tokenizer", "SEMANTIC"]
+
+SEMANTIC = "[semantic]"  # the multitask checkpoints' added token; semantic prompts are "[semantic] {category}"
 
 # "left"/"right" as a word or the start of leftmost / left-most / lefthand / left-hand ...
 _HORIZONTAL = re.compile(r"\b(left|right)(?=(most|-most|hand|-hand|ward|wards)?\b)", re.IGNORECASE)
@@ -87,11 +99,47 @@ def resolve_train_split(name: str, split: str = "train") -> SplitCard:
     raise AssertionError("unreachable")
 
 
+def semantic_samples(group: ImageGroup, names: dict[int, str]) -> list[Sample]:
+    """``[semantic] {category}`` for each category of ``group``; the target is all its instances."""
+    by_category: dict[int, list[int]] = {}
+    for ann_id, ann in sorted(group.annotations.items()):
+        by_category.setdefault(ann.category_id, []).append(ann_id)
+    return [Sample(sent_id=-1, ref_id=-1, image_id=group.image_id, text=f"{SEMANTIC} {names[cat]}", ann_ids=tuple(ids),
+                   category_id=cat, kind="semantic")
+            for cat, ids in sorted(by_category.items()) if cat in names]
+
+
+def source_groups(spec: str, data_root: Path | None) -> tuple[SplitCard, list[ImageGroup]]:
+    """The train split of one ``--data`` entry (``NAME`` or ``NAME:VIEW``, see the module
+    docstring) as image groups; groups left without a sample are dropped."""
+    name, _, view = spec.partition(":")
+    card = resolve_train_split(name)
+    groups = load_split(card, data_root)
+    if view == "semantic":
+        names = category_names(card, data_root)
+        groups = [replace(g, samples=semantic_samples(g, names)) for g in groups]
+    elif view:
+        wanted = set(view.split("+"))
+        recorded = {s.kind for g in groups for s in g.samples} - {""}
+        if not recorded:
+            raise EvfbenchError(f"--data {spec}: the sentences of {card.name} record no kind, so they cannot be "
+                                f"selected by kind\n  fix: use --data {name} (kinds exist in corpora such as shapes)")
+        if wanted - recorded:
+            raise EvfbenchError(f"--data {spec}: {card.name} has no sentence of kind {', '.join(sorted(wanted - recorded))} "
+                                f"(its kinds: {', '.join(sorted(recorded))}; or use the view 'semantic')")
+        groups = [replace(g, samples=[s for s in g.samples if s.kind in wanted]) for g in groups]
+    groups = [g for g in groups if g.samples]
+    if not groups:
+        raise EvfbenchError(f"--data {spec}: split {card.name} has no image with a sentence")
+    return card, groups
+
+
 class TrainingData:
     """The sources of one training run, indexed once; :meth:`global_batch` draws from them.
 
     Args:
-        names: datasets (``refcoco``, ``refcoco+``, ``shapes``) or split names, their train split.
+        names: datasets (``refcoco``, ``refcoco+``, ``shapes``) or split names, their train split,
+            each optionally with a view (``shapes:semantic``; see the module docstring).
         weights: sampling ratio per source (``None``: equal).
         data_root: the refer-layout root.
     """
@@ -103,13 +151,9 @@ class TrainingData:
         if len(weights) != len(names) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise EvfbenchError(f"--data-weights {list(weights)} must give one non-negative ratio per --data source {list(names)}")
         self.names = list(names)
-        self.cards = [resolve_train_split(n) for n in names]
-        self.groups: list[list[ImageGroup]] = []
-        for name, card in zip(self.names, self.cards):
-            groups = [g for g in load_split(card, data_root) if g.samples]
-            if not groups:
-                raise EvfbenchError(f"--data {name}: split {card.name} has no image with a sentence")
-            self.groups.append(groups)
+        sources = [source_groups(n, data_root) for n in self.names]
+        self.cards = [card for card, _ in sources]
+        self.groups: list[list[ImageGroup]] = [groups for _, groups in sources]
         self.probs = np.asarray(weights, dtype=np.float64) / sum(weights)
 
     def sentences(self) -> list[str]:
@@ -166,10 +210,12 @@ def train_tokenizer(sentences: Iterable[str], folder: Path, vocab_size: int) -> 
     corpus = sorted({s.strip().lower() for s in sentences if s.strip()})
     if not corpus:
         raise EvfbenchError("no sentences to train a tokenizer on")
+    # like the multitask checkpoints' added token, "[semantic]" is one piece
+    symbols = [SEMANTIC] if any(s.startswith(SEMANTIC) for s in corpus) else []
     buffer = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus), model_writer=buffer, vocab_size=vocab_size, model_type="bpe",
-        hard_vocab_limit=False, num_threads=1, minloglevel=2, character_coverage=1.0,
+        hard_vocab_limit=False, num_threads=1, minloglevel=2, character_coverage=1.0, user_defined_symbols=symbols,
     )
     atomic_write_bytes(Path(folder) / SPM_FILE, buffer.getvalue())
     return Path(folder)

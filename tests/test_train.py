@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -26,8 +27,10 @@ from evfbench.train import (
     set_trainable, trainable_modules, train,
 )
 from evfbench.models.tokenizer import BeitTokenizer
+from evfbench.errors import EvfbenchError
 from evfbench.train_data import Item, TrainingData, flip_text, train_tokenizer
 from model_fixtures import make_group, random_image, spm_folder  # noqa: F401 (fixture)
+from refer_fixtures import write_fixture
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +85,39 @@ def test_global_batch_is_a_function_of_seed_and_step(data_root: Path) -> None:
     assert not any(i.flip for i in data.global_batch(1, 5, 16, 3, flip_prob=0.0))
 
 
+def test_semantic_view_prompts_each_category_with_all_its_instances(data_root: Path) -> None:
+    plain = TrainingData(["shapes"], None, data_root).groups[0]
+    semantic = TrainingData(["shapes:semantic"], None, data_root).groups[0]
+    assert [g.image_id for g in semantic] == [g.image_id for g in plain]
+    names = {c["id"]: c["name"] for c in json.loads((data_root / "shapes" / "instances.json").read_text())["categories"]}
+    for g in semantic:
+        assert [s.category_id for s in g.samples] == sorted({a.category_id for a in g.annotations.values()})
+        for s in g.samples:
+            assert (s.text, s.kind) == (f"[semantic] {names[s.category_id]}", "semantic")
+            expected = np.zeros((g.height, g.width), dtype=bool)
+            for a in g.annotations.values():
+                if a.category_id == s.category_id:
+                    expected |= a.mask(g.height, g.width)
+            assert np.array_equal(g.target_mask(s), expected)
+
+
+def test_kind_view_keeps_the_sentences_of_those_kinds(data_root: Path) -> None:
+    everything = [s for g in TrainingData(["shapes"], None, data_root).groups[0] for s in g.samples]
+    free = [s for g in TrainingData(["shapes:attribute+comparative"], None, data_root).groups[0] for s in g.samples]
+    assert free == [s for s in everything if s.kind in ("attribute", "comparative")]
+    assert free and len(free) < len(everything)
+    with pytest.raises(EvfbenchError, match="no sentence of kind bogus"):
+        TrainingData(["shapes:attribute+bogus"], None, data_root)
+
+
+def test_views_of_a_refer_dataset(tmp_path: Path) -> None:
+    write_fixture(tmp_path)  # refcoco: train split = image 3, one blob (ann 301), no sentence kinds
+    (group,) = TrainingData(["refcoco:semantic"], None, tmp_path).groups[0]
+    assert [(s.text, s.ann_ids) for s in group.samples] == [("[semantic] blob", (301,))]
+    with pytest.raises(EvfbenchError, match="record no kind"):
+        TrainingData(["refcoco:attribute"], None, tmp_path)
+
+
 def test_trained_tokenizer_keeps_frequent_words_whole(tmp_path: Path) -> None:
     # a unigram model stopped at ~100 pieces on corpora like this and spelled colours letter
     # by letter ("_b l u e"), which a tiny model trained from scratch must then learn to read
@@ -94,6 +130,9 @@ def test_trained_tokenizer_keeps_frequent_words_whole(tmp_path: Path) -> None:
     assert len(tok) > 100
     for sentence in ("the small orange diamond", "the purple cross on the left"):
         assert len(tok.encode(sentence)) == len(sentence.split()) + 2  # <s> one piece per word </s>
+    semantic = train_tokenizer(words + ["[semantic] circle", "[semantic] star"], tmp_path / "sem", vocab_size=120)
+    spm = sentencepiece.SentencePieceProcessor(model_file=str(semantic / "sentencepiece.bpe.model"))
+    assert "[semantic]" in spm.encode("[semantic] star", out_type=str)  # one piece, like the added token
 
 
 def test_mask_losses_by_hand() -> None:

@@ -342,6 +342,7 @@ def load_split(card: SplitCard, data_root: Path | None = None) -> list[ImageGrou
                 ann_ids=refer.ref_to_ann_ids[int(ref["ref_id"])],
                 category_id=int(ref.get("category_id", -1)),
                 split=str(ref["split"]),
+                kind=str(sent.get("kind", "")),
             ))
     groups = []
     for image_id in sorted(samples):
@@ -356,3 +357,10 @@ def load_split(card: SplitCard, data_root: Path | None = None) -> list[ImageGrou
             annotations={int(a["id"]): _annotation(a) for a in anns},
         ))
     return groups
+
+
+def category_names(card: SplitCard, data_root: Path | None = None) -> dict[int, str]:
+    """``category_id`` -> name, from the ``categories`` of the dataset's ``instances.json``."""
+    root = Path(data_root) if data_root else default_data_root()
+    refer = open_refer(root, card.dataset, card.split_by, card.image_root)
+    return {cat_id: str(cat["name"]) for cat_id, cat in refer.cats.items()}

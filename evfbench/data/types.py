@@ -45,6 +45,7 @@ class Sample:
     ann_ids: tuple[int, ...]
     category_id: int = -1
     split: str = ""
+    kind: str = ""  # the sentence's grammar rule when the corpus records one (shapes); "semantic" for category prompts
 
     @property
     def ann_id(self) -> int:
