@@ -494,7 +494,9 @@ def build_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None
 
 
 def attach_tokenizer(model: Any, cfg: TrainConfig, data: TrainingData, output_dir: Path, ctx: Context) -> None:
-    """Give a model built without one the tokenizer trained on the training sentences."""
+    """Give a model built without one the tokenizer trained on the training sentences: every
+    sentence of every ``--data`` source, also of a source with weight 0, which is how a first
+    curriculum stage learns the words of the later ones without sampling them."""
     from evfbench.models.tokenizer import BeitTokenizer
 
     if model.tokenizer is not None or cfg.stage == "sam_boxes":

@@ -110,6 +110,12 @@ def test_kind_view_keeps_the_sentences_of_those_kinds(data_root: Path) -> None:
         TrainingData(["shapes:attribute+bogus"], None, data_root)
 
 
+def test_a_source_of_weight_zero_gives_only_its_words(data_root: Path) -> None:
+    data = TrainingData(["shapes:attribute", "shapes"], [1, 0], data_root)
+    assert {i.source for step in range(20) for i in data.global_batch(0, step, 8, 3, 0.5)} == {0}
+    assert set(data.sentences()) == {s.text for g in data.groups[1] for s in g.samples}  # the tokenizer corpus
+
+
 def test_views_of_a_refer_dataset(tmp_path: Path) -> None:
     write_fixture(tmp_path)  # refcoco: train split = image 3, one blob (ann 301), no sentence kinds
     (group,) = TrainingData(["refcoco:semantic"], None, tmp_path).groups[0]
