@@ -135,6 +135,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 1
     cache: bool = False  # keep decoded images and frozen SAM embeddings in memory (small datasets, e.g. shapes)
+    # sam_boxes only: weight of a per-pixel category cross-entropy on the SAM image embedding, through a
+    # 1x1 head kept in the trainer state, not in model/. A SAM trained from scratch with box prompts
+    # never has to learn what the objects are; a pretrained one knows (shapes: data_prep/shapes.md).
+    category_aux: float = 0.0
     final_dtype: str = "fp32"  # file dtype of <output-dir>/model (fp16 halves it); checkpoints stay fp32
 
     def validate(self) -> None:
@@ -153,6 +157,8 @@ class TrainConfig:
         for name in ("steps", "global_batch", "per_device_batch", "texts_per_image"):
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.category_aux < 0 or (self.category_aux > 0 and self.stage != "sam_boxes"):
+            raise TrainError(f"category_aux must be >= 0 and is for --stage sam_boxes only; got {self.category_aux} with stage {self.stage}")
         if self.init and (self.sam_checkpoint or self.beit3_checkpoint):
             raise TrainError("pass --init (a full EVF-SAM folder) or --sam-checkpoint / --beit3-checkpoint, not both")
 
@@ -207,13 +213,16 @@ def set_trainable(net: nn.Module, names: list[str]) -> None:
         modules[name].requires_grad_(True)
 
 
-def param_groups(net: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """One AdamW group per trainable module (in :data:`MODULES` order), with its lr multiplier."""
+def param_groups(net: nn.Module, cfg: TrainConfig, extra: nn.Module | None = None) -> list[dict[str, Any]]:
+    """One AdamW group per trainable module (in :data:`MODULES` order), with its lr multiplier;
+    ``extra`` (the category head) last, at the base lr."""
     groups = []
     for name, module in trainable_modules(net).items():
         params = [p for p in module.parameters() if p.requires_grad]
         if params:
             groups.append({"params": params, "lr": cfg.lr * cfg.lr_scales.get(name, 1.0), "name": name})
+    if extra is not None:
+        groups.append({"params": list(extra.parameters()), "lr": cfg.lr, "name": "category_head"})
     return groups
 
 
@@ -230,9 +239,11 @@ class Trainer(nn.Module):
 
     With ``cache`` and a frozen SAM image encoder, the embedding of each (image, flip) is
     computed once and kept (the frozen encoder makes it exact; the reference recomputes it).
+    With ``category_aux``, ``category_head`` maps the SAM embedding to ``n_categories + 1``
+    classes (0 = background) per position.
     """
 
-    def __init__(self, model: Any, cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(self, model: Any, cfg: TrainConfig, device: torch.device, n_categories: int = 0) -> None:
         super().__init__()
         self.model = model  # the EvfSam wrapper (tokenizer, predict); its net is the submodule below
         self.net = model.net
@@ -240,6 +251,12 @@ class Trainer(nn.Module):
         self.device = device
         self.cache_sam = cfg.cache and "image_encoder" not in cfg.train
         self._cache: dict[tuple[int, int, bool], Any] = {}
+        self.category_head: nn.Module | None = None
+        if cfg.category_aux > 0:
+            if self.net.config.family != "sam":
+                raise TrainError("category_aux needs a SAM-1 image encoder (its embedding is one feature map)")
+            channels = self.net.visual_model.prompt_encoder.embed_dim
+            self.category_head = nn.Conv2d(channels, n_categories + 1, kernel_size=1).to(device)
 
     def _sam_features(self, examples: list[Example]) -> list[Any]:
         """SAM features per example: from the cache, else encoded. A frozen encoder sees one
@@ -284,7 +301,21 @@ class Trainer(nn.Module):
                 bce_sum, dice_sum = bce_sum + bce, dice_sum + dice
             row += len(ex.masks)
         loss_sum = self.cfg.bce_weight * bce_sum + self.cfg.dice_weight * dice_sum
+        if self.category_head is not None:
+            for ex, f in zip(examples, feats):  # weighted like a mask loss: by the example's masks
+                loss_sum = loss_sum + self.cfg.category_aux * len(ex.masks) * self._category_loss(ex, f)
         return loss_sum, bce_sum.detach(), dice_sum.detach()
+
+    def _category_loss(self, ex: Example, features: Any) -> torch.Tensor:
+        """Per-pixel cross-entropy of the category head over the resized image (padding ignored)."""
+        assert self.category_head is not None and ex.categories is not None and features.input_size is not None
+        h, w = features.input_size
+        size = self.net.backend.img_size
+        logits = F.interpolate(self.category_head(features.image_embed.float()), size=(size, size), mode="bilinear",
+                               align_corners=False)[:, :, :h, :w]
+        labels = torch.from_numpy(ex.categories).to(self.device)[None, None].float()
+        labels = F.interpolate(labels, size=(h, w), mode="nearest")[0].long()
+        return F.cross_entropy(logits, labels)
 
     def _texts(self, examples: list[Example]) -> tuple[torch.Tensor, list[Any]]:
         from evfbench.models import beit3 as beit3_module
@@ -582,7 +613,7 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
         attach_tokenizer(model, cfg, data, output_dir, ctx)
         net = model.net.float().train()
         set_trainable(net, cfg.train)
-        trainer = Trainer(model, cfg, device)
+        trainer = Trainer(model, cfg, device, n_categories=len(data.category_ids) if cfg.category_aux > 0 else 0)
         module: nn.Module = trainer
         if ctx.enabled:
             module = nn.parallel.DistributedDataParallel(
@@ -590,9 +621,11 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                 find_unused_parameters=True, broadcast_buffers=False,
             )
         if cfg.optimizer == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(param_groups(net, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(param_groups(net, cfg, trainer.category_head), lr=cfg.lr,
+                                                               weight_decay=cfg.weight_decay)
         else:
-            optimizer = torch.optim.AdamW(param_groups(net, cfg), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+            optimizer = torch.optim.AdamW(param_groups(net, cfg, trainer.category_head), lr=cfg.lr, betas=tuple(cfg.betas),
+                                          weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps))
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
@@ -607,6 +640,8 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng"]["torch"])
+            if trainer.category_head is not None:
+                trainer.category_head.load_state_dict(state["category_head"])
             start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
             log = [r for r in log if int(r["step"]) <= start]
             evals = [r for r in evals if int(r["step"]) <= start]
@@ -635,6 +670,8 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
                          "data_position": step, "world_size": ctx.world_size, "per_device_batch": cfg.per_device_batch,
                          "accum": accum}
+                if trainer.category_head is not None:
+                    state["category_head"] = trainer.category_head.state_dict()
                 save_checkpoint(model, cfg, output_dir, state)
                 write_logs()
             ctx.barrier()
@@ -658,7 +695,7 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                         image = data.group(item).load_image()
                         if cfg.cache:
                             images_cache[key] = image
-                    examples.append(data.example(item, image))
+                    examples.append(data.example(item, image, categories=cfg.category_aux > 0))
                 sync = module.no_sync() if ctx.enabled and a < accum - 1 else nullcontext()
                 with sync:
                     with autocast():
@@ -752,6 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("keep-checkpoints", int)):
         p.add_argument(f"--{name}", type=kind)
     p.add_argument("--cache", action="store_true", default=None, help="keep images and frozen SAM embeddings in memory")
+    p.add_argument("--category-aux", type=float, help="sam_boxes: weight of a per-pixel category loss on the SAM embedding "
+                   "(a SAM trained from scratch then learns what the objects are)")
     p.add_argument("--precision", choices=sorted(PRECISIONS))
     p.add_argument("--final-dtype", choices=sorted(PRECISIONS), help="file dtype of <output-dir>/model")
     p.add_argument("--optimizer", choices=OPTIMIZERS)

@@ -77,6 +77,7 @@ class Example:
     image: np.ndarray  # RGB HWC uint8
     texts: list[str]
     masks: np.ndarray  # (T, H, W) bool, original size
+    categories: np.ndarray | None = None  # (H, W) int64 class per pixel (0 = background), when asked for
 
     def boxes(self) -> np.ndarray:
         """``(T, 4)`` XYXY pixel boxes of the masks (the stage-1 box prompts); empty mask -> whole image."""
@@ -155,6 +156,8 @@ class TrainingData:
         self.cards = [card for card, _ in sources]
         self.groups: list[list[ImageGroup]] = [groups for _, groups in sources]
         self.probs = np.asarray(weights, dtype=np.float64) / sum(weights)
+        # category id -> class index 1..K of a per-pixel category map (0 = background)
+        self.category_ids = sorted({a.category_id for groups in self.groups for g in groups for a in g.annotations.values()})
 
     def sentences(self) -> list[str]:
         """Every training sentence (the tokenizer corpus)."""
@@ -176,18 +179,30 @@ class TrainingData:
     def group(self, item: Item) -> ImageGroup:
         return self.groups[item.source][item.group]
 
-    def example(self, item: Item, image: np.ndarray | None = None) -> Example:
-        """Load ``item`` (``image``: the group's pixels if already read)."""
+    def category_map(self, group: ImageGroup) -> np.ndarray:
+        """``(H, W)`` class index of every pixel: 1 + the position of its object's category in
+        :attr:`category_ids`, 0 for the background (later annotations win where masks overlap)."""
+        out = np.zeros((group.height, group.width), dtype=np.int64)
+        index = {c: i + 1 for i, c in enumerate(self.category_ids)}
+        for ann in group.annotations.values():
+            out[ann.mask(group.height, group.width)] = index[ann.category_id]
+        return out
+
+    def example(self, item: Item, image: np.ndarray | None = None, categories: bool = False) -> Example:
+        """Load ``item`` (``image``: the group's pixels if already read; ``categories``: also
+        its :meth:`category_map`)."""
         group = self.group(item)
         image = group.load_image() if image is None else image
         samples = [group.samples[i] for i in item.texts]
         texts = [s.text for s in samples]
         masks = np.stack([group.target_mask(s) for s in samples])
+        cats = self.category_map(group) if categories else None
         if item.flip:
             image = np.ascontiguousarray(image[:, ::-1])
             masks = np.ascontiguousarray(masks[:, :, ::-1])
+            cats = None if cats is None else np.ascontiguousarray(cats[:, ::-1])
             texts = [flip_text(t) for t in texts]
-        return Example(item, image, texts, masks)
+        return Example(item, image, texts, masks, cats)
 
 
 def train_tokenizer(sentences: Iterable[str], folder: Path, vocab_size: int) -> Path:

@@ -259,6 +259,34 @@ def test_sam_boxes_stage_feeds_a_text_stage(data_root: Path, tmp_path: Path) -> 
     assert encoder and all(torch.equal(v, sam[k]) for k, v in encoder.items())  # frozen in stage 2
 
 
+def test_category_map_labels_every_object_pixel(data_root: Path) -> None:
+    data = TrainingData(["shapes"], None, data_root)
+    group = data.groups[0][0]
+    labels = data.category_map(group)
+    for ann in group.annotations.values():
+        assert (labels[ann.mask(group.height, group.width)] == data.category_ids.index(ann.category_id) + 1).all()
+    assert labels.min() == 0 and labels.max() <= len(data.category_ids)
+    item = Item(0, 0, (0,), True)
+    assert np.array_equal(data.example(item, categories=True).categories, labels[:, ::-1])
+    assert data.example(item).categories is None
+
+
+def test_category_aux_trains_the_sam_encoder_and_resumes_bit_identically(data_root: Path, tmp_path: Path) -> None:
+    boxes = dict(stage="sam_boxes", train=["image_encoder", "prompt_encoder", "mask_decoder"], steps=4, flip_prob=0.5)
+    cfg = tiny_config(data_root, category_aux=1.0, **boxes)
+    whole = load_file(str(train(cfg, tmp_path / "whole", progress=False) / "sam.safetensors"))
+    train(cfg, tmp_path / "part", progress=False, stop_at=2)
+    state = torch.load(tmp_path / "part" / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=True)
+    assert state["category_head"]["weight"].shape[0] == 7  # 6 shape categories + background
+    resumed = load_file(str(train(cfg, tmp_path / "part", resume=True, progress=False) / "sam.safetensors"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    plain = load_file(str(train(tiny_config(data_root, **boxes), tmp_path / "plain", progress=False) / "sam.safetensors"))
+    key = "image_encoder.patch_embed.proj.weight"
+    assert not torch.equal(whole[key], plain[key])  # the category loss reaches the encoder
+    with pytest.raises(TrainError, match="sam_boxes only"):
+        tiny_config(data_root, category_aux=1.0).validate()
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(data_root: Path, tmp_path: Path) -> None:
     """Same global batch of 4: 2 processes x 1 image x 2 accumulation steps vs 1 process x 4."""
