@@ -259,6 +259,15 @@ def test_sam_boxes_stage_feeds_a_text_stage(data_root: Path, tmp_path: Path) -> 
     assert encoder and all(torch.equal(v, sam[k]) for k, v in encoder.items())  # frozen in stage 2
 
 
+def test_shipped_training_configs_are_valid() -> None:
+    from evfbench.cards import registry_root
+
+    configs = sorted((registry_root() / "weights").glob("*/*config.yaml"))
+    assert len(configs) >= 3
+    for path in configs:  # the commands in each TRAINING.md run these files
+        TrainConfig.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), str(path)).validate()
+
+
 def test_category_map_labels_every_object_pixel(data_root: Path) -> None:
     data = TrainingData(["shapes"], None, data_root)
     group = data.groups[0][0]
