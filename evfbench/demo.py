@@ -3,8 +3,8 @@
 1. build the synthetic ``shapes`` benchmark (refer layout; skipped when already built);
 2. evaluate the reference rows and every model whose card ships trained ``shapes`` weights
    on shapes val/testA/testB (resumable: a rerun only does what is missing);
-3. write the comparison tables (CSV, markdown, LaTeX), a per-sentence-kind breakdown of val
-   and overlay galleries to ``reports/shapes``.
+3. write the comparison tables (CSV, markdown, LaTeX), breakdowns of val by sentence kind and by
+   the attributes an "attribute" sentence names, and overlay galleries to ``reports/shapes``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ NOTE = ("Regenerate with `make demo` (`python -m evfbench.demo`): it builds the 
         "`python -m evfbench.prep shapes` (seed 0), evaluates the reference rows and every model card's "
         "`shapes` weights with `python -m evfbench.run`, and writes this folder. `all_objects` and `largest` "
         "ignore the text: a model that reads the expression must beat them by a wide margin. "
-        "[by_kind.md](by_kind.md) splits shapes_val by the grammar rule of each sentence.")
+        "[by_kind.md](by_kind.md) splits shapes_val by the grammar rule of each sentence, "
+        "[by_attribute.md](by_attribute.md) its 'attribute' sentences by the words that name the target.")
 
 
 def trained_models() -> list[str]:
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}")
     kinds = report.breakdown([args.runs / f"{m}__shapes_val" for m in models], shapes.sentence_kinds(data_root))
     report.write_breakdown(kinds, args.reports, "by_kind", "cIoU (%) on shapes_val per sentence kind (data_prep/shapes.md, Grammar)")
+    words = report.breakdown([args.runs / f"{m}__shapes_val" for m in models], shapes.attribute_words(data_root))
+    report.write_breakdown(words, args.reports, "by_attribute",
+                           "cIoU (%) on shapes_val 'attribute' sentences by the attributes they name (size, colour, category)")
     trained = [f"`{m}`: {Path(model_args(m)['weights']).relative_to(registry_root().parent)}/TRAINING.md"
                for m in models if m not in REFERENCE_ROWS]
     note = NOTE + ("\n\nTraining time, command, seed and logs of each trained model: " + "; ".join(trained)

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from evfbench.data import load_split
 from evfbench.errors import EvfbenchError
 from evfbench.gallery import GT_COLOUR, overlay, render_gallery
-from evfbench.prep.shapes import build_shapes, sentence_kinds
+from evfbench.prep.shapes import attribute_words, build_shapes, sentence_kinds
+from evfbench.registry import get_split
 from evfbench.report import breakdown, write_breakdown, write_tables
 from evfbench.report import main as report_main
 from evfbench.results import iter_samples
@@ -64,6 +66,20 @@ def test_breakdown_by_sentence_kind(evaluated, tmp_path: Path) -> None:
         breakdown([runs / "box__shapes_val"], {})
     with pytest.raises(EvfbenchError, match="one split"):
         breakdown([runs / "box__shapes_val", runs / "box__shapes_testA"], kinds)
+
+
+def test_attribute_words_label_what_names_the_target(evaluated) -> None:
+    root = evaluated[0]
+    kinds, words = sentence_kinds(root), attribute_words(root)
+    assert words.keys() == kinds.keys()
+    assert all((label == "other kinds") == (kinds[i] != "attribute") for i, label in words.items())
+    sentences = {s.sent_id: s.text.lower().split() for g in load_split(get_split("shapes_val"), root) for s in g.samples}
+    for sent_id, tokens in sentences.items():
+        if kinds[sent_id] == "attribute":
+            named = words[sent_id].split("+")
+            assert ("colour" in named) == bool({"red", "green", "blue", "yellow", "purple", "orange"} & set(tokens))
+            assert ("category" in named) == bool({"circle", "square", "triangle", "diamond", "star", "cross"} & set(tokens))
+            assert ("size" in named) == bool({"small", "little", "medium", "medium-sized", "large", "big"} & set(tokens))
 
 
 def test_published_rows_are_marked(evaluated, tmp_path: Path) -> None:

@@ -809,15 +809,32 @@ def build_shapes(
     return stats
 
 
-def sentence_kinds(root: Path | None = None) -> dict[int, str]:
-    """``sent_id`` -> the grammar rule (``kind``) of every sentence of a built corpus: the
-    labels of a per-kind breakdown (:func:`evfbench.report.breakdown`)."""
+def _sentences(root: Path | None) -> list[dict[str, Any]]:
+    """Every sentence record of a built corpus."""
     from evfbench.data.safe_pickle import load_refs
 
     path = Path(root or default_data_root()) / DATASET / f"refs({SPLIT_BY}).p"
     if not path.is_file():
         raise EvfbenchError(f"{path} does not exist\n  fix: python -m evfbench.prep shapes --data-root {path.parent.parent}")
-    return {int(s["sent_id"]): str(s["kind"]) for ref in load_refs(path) for s in ref["sentences"]}
+    return [s for ref in load_refs(path) for s in ref["sentences"]]
+
+
+def sentence_kinds(root: Path | None = None) -> dict[int, str]:
+    """``sent_id`` -> the grammar rule (``kind``) of every sentence of a built corpus: the
+    labels of a per-kind breakdown (:func:`evfbench.report.breakdown`)."""
+    return {int(s["sent_id"]): str(s["kind"]) for s in _sentences(root)}
+
+
+def attribute_words(root: Path | None = None) -> dict[int, str]:
+    """``sent_id`` -> the attributes an "attribute" sentence names (``colour``, ``size+category``,
+    ...; every other kind -> ``other kinds``): tells which words a model reads."""
+    vocab = (("size", {w for words in SIZE_WORDS.values() for w in words}), ("colour", set(COLORS)), ("category", set(CATEGORY_IDS)))
+    out = {}
+    for s in _sentences(root):
+        words = set(s["tokens"])
+        named = "+".join(name for name, known in vocab if words & known) or "shape"
+        out[int(s["sent_id"])] = named if s["kind"] == "attribute" else "other kinds"
+    return out
 
 
 def format_statistics(stats: Mapping[str, Mapping[str, int]]) -> str:
