@@ -105,9 +105,13 @@ def semantic_samples(group: ImageGroup, names: dict[int, str]) -> list[Sample]:
     by_category: dict[int, list[int]] = {}
     for ann_id, ann in sorted(group.annotations.items()):
         by_category.setdefault(ann.category_id, []).append(ann_id)
+    unnamed = sorted(set(by_category) - set(names))
+    if unnamed:
+        raise EvfbenchError(f"image {group.image_id} ({group.path}): annotations of category {unnamed}, which instances.json "
+                            "does not list under 'categories'\n  fix: add the categories or rebuild the dataset")
     return [Sample(sent_id=-1, ref_id=-1, image_id=group.image_id, text=f"{SEMANTIC} {names[cat]}", ann_ids=tuple(ids),
                    category_id=cat, kind="semantic")
-            for cat, ids in sorted(by_category.items()) if cat in names]
+            for cat, ids in sorted(by_category.items())]
 
 
 def source_groups(spec: str, data_root: Path | None) -> tuple[SplitCard, list[ImageGroup]]:

@@ -28,7 +28,7 @@ from evfbench.train import (
 )
 from evfbench.models.tokenizer import BeitTokenizer
 from evfbench.errors import EvfbenchError
-from evfbench.train_data import Item, TrainingData, flip_text, train_tokenizer
+from evfbench.train_data import Item, TrainingData, flip_text, semantic_samples, train_tokenizer
 from model_fixtures import make_group, random_image, spm_folder  # noqa: F401 (fixture)
 from refer_fixtures import write_fixture
 
@@ -122,6 +122,8 @@ def test_views_of_a_refer_dataset(tmp_path: Path) -> None:
     assert [(s.text, s.ann_ids) for s in group.samples] == [("[semantic] blob", (301,))]
     with pytest.raises(EvfbenchError, match="record no kind"):
         TrainingData(["refcoco:attribute"], None, tmp_path)
+    with pytest.raises(EvfbenchError, match="does not list"):
+        semantic_samples(group, {})
 
 
 def test_trained_tokenizer_keeps_frequent_words_whole(tmp_path: Path) -> None:
