@@ -613,7 +613,7 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
         attach_tokenizer(model, cfg, data, output_dir, ctx)
         net = model.net.float().train()
         set_trainable(net, cfg.train)
-        trainer = Trainer(model, cfg, device, n_categories=len(data.category_ids) if cfg.category_aux > 0 else 0)
+        trainer = Trainer(model, cfg, device, n_categories=len(data.category_ids))
         module: nn.Module = trainer
         if ctx.enabled:
             module = nn.parallel.DistributedDataParallel(

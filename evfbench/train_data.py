@@ -160,8 +160,9 @@ class TrainingData:
         self.cards = [card for card, _ in sources]
         self.groups: list[list[ImageGroup]] = [groups for _, groups in sources]
         self.probs = np.asarray(weights, dtype=np.float64) / sum(weights)
-        # category id -> class index 1..K of a per-pixel category map (0 = background)
+        # the classes of a per-pixel category map: category_ids[k - 1] is class k, 0 the background
         self.category_ids = sorted({a.category_id for groups in self.groups for g in groups for a in g.annotations.values()})
+        self._category_class = {c: k + 1 for k, c in enumerate(self.category_ids)}
 
     def sentences(self) -> list[str]:
         """Every training sentence (the tokenizer corpus)."""
@@ -187,9 +188,8 @@ class TrainingData:
         """``(H, W)`` class index of every pixel: 1 + the position of its object's category in
         :attr:`category_ids`, 0 for the background (later annotations win where masks overlap)."""
         out = np.zeros((group.height, group.width), dtype=np.int64)
-        index = {c: i + 1 for i, c in enumerate(self.category_ids)}
         for ann in group.annotations.values():
-            out[ann.mask(group.height, group.width)] = index[ann.category_id]
+            out[ann.mask(group.height, group.width)] = self._category_class[ann.category_id]
         return out
 
     def example(self, item: Item, image: np.ndarray | None = None, categories: bool = False) -> Example:
