@@ -12,7 +12,12 @@ setup: $(STAMP)
 
 # torch first (pinned), then sam2 built against it without an isolated build (which would
 # download a multi-GB torch), then evfbench with its extras; all through constraints.txt.
+# A fresh venv holds about 6 GiB (torch's CUDA build alone is 5.5 GB): check the disk first,
+# so a full disk is a clear message instead of pip's OSError halfway through.
 $(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -c 'import shutil, sys; free = shutil.disk_usage("$(abspath $(VENV)/..)").free / 2**30; \
+	sys.exit(f"make setup: {free:.1f} GiB free on the disk of $(abspath $(VENV)/..); the venv needs about 7 GiB. " \
+	         "Free some space, or point VENV= at a larger disk.") if free < 7 else None'
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch torchvision setuptools wheel
