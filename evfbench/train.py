@@ -135,9 +135,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 1
     cache: bool = False  # keep decoded images and frozen SAM embeddings in memory (small datasets, e.g. shapes)
-    # sam_boxes only: weight of a per-pixel category cross-entropy on the SAM image embedding, through a
-    # 1x1 head kept in the trainer state, not in model/. A SAM trained from scratch with box prompts
-    # never has to learn what the objects are; a pretrained one knows (shapes: data_prep/shapes.md).
+    # Weight of a per-pixel category cross-entropy on the SAM image embedding, through a 1x1 head kept
+    # in the trainer state, not in model/. A SAM trained from scratch with box prompts never has to
+    # learn what the objects are; a pretrained one knows (shapes: data_prep/shapes.md). In the text
+    # stages it keeps the category in the embedding, which the mask loss alone wears away.
     category_aux: float = 0.0
     final_dtype: str = "fp32"  # file dtype of <output-dir>/model (fp16 halves it); checkpoints stay fp32
 
@@ -157,8 +158,11 @@ class TrainConfig:
         for name in ("steps", "global_batch", "per_device_batch", "texts_per_image"):
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.category_aux < 0 or (self.category_aux > 0 and self.stage != "sam_boxes"):
-            raise TrainError(f"category_aux must be >= 0 and is for --stage sam_boxes only; got {self.category_aux} with stage {self.stage}")
+        if self.category_aux < 0:
+            raise TrainError(f"category_aux must be >= 0; got {self.category_aux}")
+        if self.category_aux > 0 and "image_encoder" not in self.train:
+            raise TrainError("category_aux trains the SAM image encoder, but --train does not name image_encoder\n"
+                             "  fix: add image_encoder to --train or set --category-aux 0")
         if self.init and (self.sam_checkpoint or self.beit3_checkpoint):
             raise TrainError("pass --init (a full EVF-SAM folder) or --sam-checkpoint / --beit3-checkpoint, not both")
 
@@ -789,8 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("keep-checkpoints", int)):
         p.add_argument(f"--{name}", type=kind)
     p.add_argument("--cache", action="store_true", default=None, help="keep images and frozen SAM embeddings in memory")
-    p.add_argument("--category-aux", type=float, help="sam_boxes: weight of a per-pixel category loss on the SAM embedding "
-                   "(a SAM trained from scratch then learns what the objects are)")
+    p.add_argument("--category-aux", type=float, help="weight of a per-pixel category loss on the SAM embedding (a SAM "
+                   "trained from scratch then learns what the objects are); needs image_encoder in --train")
     p.add_argument("--precision", choices=sorted(PRECISIONS))
     p.add_argument("--final-dtype", choices=sorted(PRECISIONS), help="file dtype of <output-dir>/model")
     p.add_argument("--optimizer", choices=OPTIMIZERS)

@@ -294,8 +294,17 @@ def test_category_aux_trains_the_sam_encoder_and_resumes_bit_identically(data_ro
     plain = load_file(str(train(tiny_config(data_root, **boxes), tmp_path / "plain", progress=False) / "sam.safetensors"))
     key = "image_encoder.patch_embed.proj.weight"
     assert not torch.equal(whole[key], plain[key])  # the category loss reaches the encoder
-    with pytest.raises(TrainError, match="sam_boxes only"):
-        tiny_config(data_root, category_aux=1.0).validate()
+
+
+def test_category_aux_in_a_text_stage_reaches_the_encoder(data_root: Path, tmp_path: Path) -> None:
+    text = dict(train=["image_encoder", "mm_encoder", "projector", "mask_decoder"], steps=2)
+    aux = load_file(str(train(tiny_config(data_root, category_aux=1.0, **text), tmp_path / "aux", progress=False)
+                        / "model.safetensors"))
+    plain = load_file(str(train(tiny_config(data_root, **text), tmp_path / "plain", progress=False) / "model.safetensors"))
+    key = next(k for k in aux if k.endswith("image_encoder.patch_embed.proj.weight"))
+    assert not torch.equal(aux[key], plain[key])
+    with pytest.raises(TrainError, match="does not name image_encoder"):
+        tiny_config(data_root, category_aux=1.0, train=["mm_encoder", "projector", "mask_decoder"]).validate()
 
 
 @pytest.mark.slow
