@@ -83,7 +83,7 @@ OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAM_FILE = "sam.safetensors"
 STATE_FILE = "trainer_state.pt"
-LOG_COLUMNS = ("step", "loss", "bce", "dice", "lr", "samples_per_s", "elapsed_s")
+LOG_COLUMNS = ("step", "loss", "bce", "dice", "category", "lr", "samples_per_s", "elapsed_s")  # category: with category_aux
 EVAL_COLUMNS = ("step", "split", "ciou", "giou", "n_sentences")
 # Fields that may change between a run and its --resume (they do not change the trajectory).
 RESUME_FREE = frozenset({"eval_every", "eval_limit", "log_every", "checkpoint_every", "keep_checkpoints", "val_split",
@@ -289,7 +289,8 @@ class Trainer(nn.Module):
                 self._cache[keys[i]] = out[i]
         return [out[i] for i in range(len(examples))]
 
-    def forward(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (loss to back-propagate, BCE, dice, category loss), each summed over the masks."""
         if self.cfg.stage == "sam_boxes":
             low_res, feats = self._boxes(examples)
         else:
@@ -304,11 +305,12 @@ class Trainer(nn.Module):
                 bce, dice = mask_losses(logits[t], targets[t])
                 bce_sum, dice_sum = bce_sum + bce, dice_sum + dice
             row += len(ex.masks)
-        loss_sum = self.cfg.bce_weight * bce_sum + self.cfg.dice_weight * dice_sum
+        category_sum = torch.zeros((), device=self.device)
         if self.category_head is not None:
             for ex, f in zip(examples, feats):  # weighted like a mask loss: by the example's masks
-                loss_sum = loss_sum + self.cfg.category_aux * len(ex.masks) * self._category_loss(ex, f)
-        return loss_sum, bce_sum.detach(), dice_sum.detach()
+                category_sum = category_sum + len(ex.masks) * self._category_loss(ex, f)
+        loss_sum = self.cfg.bce_weight * bce_sum + self.cfg.dice_weight * dice_sum + self.cfg.category_aux * category_sum
+        return loss_sum, bce_sum.detach(), dice_sum.detach(), category_sum.detach()
 
     def _category_loss(self, ex: Example, features: Any) -> torch.Tensor:
         """Per-pixel cross-entropy of the category head over the resized image (padding ignored)."""
@@ -400,7 +402,7 @@ def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) 
 
 
 def plot_curves(path: Path, log: list[dict[str, Any]], evals: list[dict[str, Any]], title: str) -> None:
-    """Loss (and BCE, dice) against the step; evaluation cIoU on a second axis."""
+    """Mask loss (and BCE, dice, the category loss) against the step; evaluation cIoU on a second axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -408,8 +410,9 @@ def plot_curves(path: Path, log: list[dict[str, Any]], evals: list[dict[str, Any
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     steps = [int(r["step"]) for r in log]
-    for key in ("loss", "bce", "dice"):
-        ax.plot(steps, [float(r[key]) for r in log], label=key, linewidth=1.5 if key == "loss" else 0.8)
+    for key in ("loss", "bce", "dice", "category"):
+        if all(r.get(key) for r in log):  # category: only with category_aux (and not in older logs)
+            ax.plot(steps, [float(r[key]) for r in log], label=key, linewidth=1.5 if key == "loss" else 0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=9)
@@ -683,13 +686,13 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True,
                    disable=not (progress and ctx.is_main))
         t0 = time.perf_counter() - elapsed_before
-        window = {"bce": 0.0, "dice": 0.0, "masks": 0, "images": 0, "t": time.perf_counter()}
+        window = {"bce": 0.0, "dice": 0.0, "category": 0.0, "masks": 0, "images": 0, "t": time.perf_counter()}
         images_cache: dict[tuple[int, int], np.ndarray] = {}
         for step in range(start, cfg.steps):
             items = data.global_batch(cfg.seed, step, cfg.global_batch, cfg.texts_per_image, cfg.flip_prob)
             n_masks = sum(len(i.texts) for i in items)
             optimizer.zero_grad(set_to_none=True)
-            bce_local = dice_local = 0.0
+            bce_local = dice_local = category_local = 0.0
             for a, micro in enumerate(_micro_batches(items, ctx, cfg.per_device_batch, accum)):
                 examples = []
                 for item in micro:
@@ -703,12 +706,13 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                 sync = module.no_sync() if ctx.enabled and a < accum - 1 else nullcontext()
                 with sync:
                     with autocast():
-                        loss_sum, bce_sum, dice_sum = module(examples)
+                        loss_sum, bce_sum, dice_sum, category_sum = module(examples)
                     # sum over this micro-batch's masks / all masks of the global batch; DDP
                     # averages over processes, hence the world size.
                     scaler.scale(loss_sum * ctx.world_size / n_masks).backward()
                 bce_local += float(bce_sum)
                 dice_local += float(dice_sum)
+                category_local += float(category_sum)
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
@@ -718,22 +722,23 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
             done = step + 1
             window["bce"] += bce_local
             window["dice"] += dice_local
+            window["category"] += category_local
             window["masks"] += n_masks
             window["images"] += cfg.global_batch
             if done % cfg.log_every == 0 or done == cfg.steps:
-                sums = ctx.all_gather((window["bce"], window["dice"]))
-                bce = sum(s[0] for s in sums) / window["masks"]
-                dice = sum(s[1] for s in sums) / window["masks"]
+                sums = ctx.all_gather((window["bce"], window["dice"], window["category"]))
+                bce, dice, category = (sum(s[k] for s in sums) / window["masks"] for k in range(3))
                 now = time.perf_counter()
                 rate = window["images"] / max(now - window["t"], 1e-9)
                 loss = cfg.bce_weight * bce + cfg.dice_weight * dice
                 lr = optimizer.param_groups[0]["lr"] / cfg.lr_scales.get(optimizer.param_groups[0]["name"], 1.0)
                 log.append({"step": done, "loss": f"{loss:.6f}", "bce": f"{bce:.6f}", "dice": f"{dice:.6f}",
+                            "category": f"{category:.6f}" if cfg.category_aux > 0 else "",
                             "lr": f"{lr:.6g}", "samples_per_s": f"{rate:.2f}", "elapsed_s": f"{now - t0:.1f}"})
                 if ctx.is_main:  # the CSV is small: rewritten whole, atomically, so it can be watched
                     write_csv(output_dir / "train_log.csv", LOG_COLUMNS, log)
                 bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.1f}", refresh=False)
-                window = {"bce": 0.0, "dice": 0.0, "masks": 0, "images": 0, "t": now}
+                window = {"bce": 0.0, "dice": 0.0, "category": 0.0, "masks": 0, "images": 0, "t": now}
             bar.update(1)
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
                 run_eval(done)

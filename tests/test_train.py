@@ -23,7 +23,7 @@ from evfbench.models.evf_sam import EvfConfig, build_net
 from evfbench.prep.shapes import build_shapes
 from evfbench.registry import create_model
 from evfbench.train import (
-    MODULES, TrainConfig, TrainError, Trainer, build_model, config_from_args, build_parser, mask_losses,
+    MODULES, TrainConfig, TrainError, Trainer, build_model, config_from_args, build_parser, mask_losses, read_csv,
     set_trainable, trainable_modules, train,
 )
 from evfbench.models.tokenizer import BeitTokenizer
@@ -207,7 +207,7 @@ def test_overfitting_one_batch_decreases_the_loss(data_root: Path, spm_folder: P
     losses = []
     for _ in range(20):
         opt.zero_grad()
-        loss, _, _ = trainer(examples)
+        loss, *_ = trainer(examples)
         (loss / n_masks).backward()
         opt.step()
         losses.append(loss.item() / n_masks)
@@ -220,7 +220,7 @@ def test_run_writes_outputs_and_the_registry_loads_the_checkpoint(data_root: Pat
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert set(cfg) == {f.name for f in dataclasses.fields(TrainConfig)} and cfg["lr"] == 1e-3
     log = (out / "train_log.csv").read_text().splitlines()
-    assert log[0] == "step,loss,bce,dice,lr,samples_per_s,elapsed_s" and len(log) == 5
+    assert log[0] == "step,loss,bce,dice,category,lr,samples_per_s,elapsed_s" and len(log) == 5
     evals = (out / "eval_log.csv").read_text().splitlines()
     assert evals[0].startswith("step,split,ciou,giou") and [r.split(",")[0] for r in evals[1:]] == ["2", "4"]
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -303,6 +303,8 @@ def test_category_aux_in_a_text_stage_reaches_the_encoder(data_root: Path, tmp_p
     plain = load_file(str(train(tiny_config(data_root, **text), tmp_path / "plain", progress=False) / "model.safetensors"))
     key = next(k for k in aux if k.endswith("image_encoder.patch_embed.proj.weight"))
     assert not torch.equal(aux[key], plain[key])
+    column = lambda run: [r["category"] for r in read_csv(tmp_path / run / "train_log.csv")]  # noqa: E731
+    assert all(float(v) > 0 for v in column("aux")) and column("plain") == ["", ""]
     with pytest.raises(TrainError, match="does not name image_encoder"):
         tiny_config(data_root, category_aux=1.0, train=["mm_encoder", "projector", "mask_decoder"]).validate()
 
