@@ -23,7 +23,8 @@ The SAM image encoder is frozen (its embeddings are then computed once per image
 ``projector``, ``prompt_encoder``, ``mask_decoder``, ``image_encoder`` (paper Tab. 4).
 
 Stages: ``--stage text`` (default) trains on referring expressions. ``--stage sam_boxes``
-trains the SAM parts alone with box prompts of the targets (stock prompt encoder); its
+trains the SAM parts alone with box prompts of the targets (stock prompt encoder; with
+``--point-prob P`` a share P of them get one point of the mask instead, as SAM trains on both); its
 ``model/sam.safetensors`` has the stock ``segment_anything`` key names and is a
 ``--sam-checkpoint`` for a text stage: the way to get a "pretrained SAM" for tiny models
 trained from scratch. ``--init`` a text-only run with ``--model-args fusion=early`` continues
@@ -32,8 +33,8 @@ its parameters as early fusion (text first, then fusion: how ``evf_sam_tiny.shap
 Output folder::
 
     <output-dir>/config.yaml                 the resolved configuration
-    <output-dir>/train_log.csv               step, loss, bce, dice (means over the masks since the
-                                             previous row), lr, samples_per_s (images / s, all
+    <output-dir>/train_log.csv               step, loss, bce, dice, category (means over the masks since
+                                             the previous row), lr, samples_per_s (images / s, all
                                              processes), elapsed_s
     <output-dir>/eval_log.csv                step, split, ciou, giou, n_sentences (periodic evaluation)
     <output-dir>/loss_curve.png              loss and evaluation cIoU against the step
@@ -140,6 +141,10 @@ class TrainConfig:
     # learn what the objects are; a pretrained one knows (shapes: data_prep/shapes.md). In the text
     # stages it keeps the category in the embedding, which the mask loss alone wears away.
     category_aux: float = 0.0
+    # sam_boxes stage: the probability that a target is prompted by one point drawn from its mask
+    # instead of its box. SAM itself trains on points and boxes; a point is one positional token,
+    # like the one token the text stages give the decoder.
+    point_prob: float = 0.0
     final_dtype: str = "fp32"  # file dtype of <output-dir>/model (fp16 halves it); checkpoints stay fp32
 
     def validate(self) -> None:
@@ -163,6 +168,11 @@ class TrainConfig:
         if self.category_aux > 0 and "image_encoder" not in self.train:
             raise TrainError("category_aux trains the SAM image encoder, but --train does not name image_encoder\n"
                              "  fix: add image_encoder to --train or set --category-aux 0")
+        if not 0 <= self.point_prob <= 1:
+            raise TrainError(f"point_prob must be in [0, 1]; got {self.point_prob}")
+        if self.point_prob > 0 and self.stage != "sam_boxes":
+            raise TrainError("point_prob sets the prompts of --stage sam_boxes; the text stages prompt with text\n"
+                             "  fix: add --stage sam_boxes or set --point-prob 0")
         if self.init and (self.sam_checkpoint or self.beit3_checkpoint):
             raise TrainError("pass --init (a full EVF-SAM folder) or --sam-checkpoint / --beit3-checkpoint, not both")
 
@@ -292,7 +302,7 @@ class Trainer(nn.Module):
     def forward(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (loss to back-propagate, BCE, dice, category loss), each summed over the masks."""
         if self.cfg.stage == "sam_boxes":
-            low_res, feats = self._boxes(examples)
+            low_res, feats = self._boxes(examples, self.cfg.point_prob)
         else:
             low_res, feats = self._texts(examples)
         bce_sum = dice_sum = torch.zeros((), device=self.device)
@@ -342,7 +352,8 @@ class Trainer(nn.Module):
             rows += len(ex.texts)
         return torch.cat(out), feats
 
-    def _boxes(self, examples: list[Example]) -> tuple[torch.Tensor, list[Any]]:
+    def _boxes(self, examples: list[Example], point_prob: float = 0.0) -> tuple[torch.Tensor, list[Any]]:
+        """Decode each target from its box, or with probability ``point_prob`` from one point."""
         from segment_anything.utils.transforms import ResizeLongestSide
 
         net = self.net
@@ -353,6 +364,16 @@ class Trainer(nn.Module):
             resize.apply_boxes_torch(torch.from_numpy(ex.boxes()).to(self.device), ex.image.shape[:2]) for ex in examples
         ])
         sparse, dense = vm.prompt_encoder(points=None, boxes=boxes, masks=None)
+        if point_prob > 0:  # a point and its padding token: two tokens, as a box
+            drawn = [ex.points(point_prob) for ex in examples]
+            coords = torch.cat([
+                resize.apply_coords_torch(torch.from_numpy(xy).to(self.device), ex.image.shape[:2])
+                for (xy, _), ex in zip(drawn, examples)
+            ])[:, None]
+            labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
+            point_sparse, _ = vm.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            use = torch.from_numpy(np.concatenate([u for _, u in drawn])).to(self.device)
+            sparse = torch.where(use[:, None, None], point_sparse, sparse)
         index = torch.tensor([i for i, ex in enumerate(examples) for _ in ex.masks], device=self.device)
         embeds = torch.cat([f.image_embed for f in feats])[index]
         return net.backend.decode_batched(vm, embeds, sparse, dense), feats
@@ -800,6 +821,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", action="store_true", default=None, help="keep images and frozen SAM embeddings in memory")
     p.add_argument("--category-aux", type=float, help="weight of a per-pixel category loss on the SAM embedding (a SAM "
                    "trained from scratch then learns what the objects are); needs image_encoder in --train")
+    p.add_argument("--point-prob", type=float, help="--stage sam_boxes: share of targets prompted by one point of "
+                   "the mask instead of the box (SAM trains on both)")
     p.add_argument("--precision", choices=sorted(PRECISIONS))
     p.add_argument("--final-dtype", choices=sorted(PRECISIONS), help="file dtype of <output-dir>/model")
     p.add_argument("--optimizer", choices=OPTIMIZERS)

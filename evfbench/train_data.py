@@ -67,6 +67,7 @@ class Item:
     group: int
     texts: tuple[int, ...]
     flip: bool
+    prompt_seed: int = 0  # draws the stage-1 point prompts (:meth:`Example.prompts`)
 
 
 @dataclass
@@ -87,6 +88,19 @@ class Example:
             ys, xs = np.nonzero(mask)
             out[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) if len(xs) else (0, 0, w, h)
         return out
+
+    def points(self, point_prob: float) -> tuple[np.ndarray, np.ndarray]:
+        """Stage-1 point prompts: ``(T, 2)`` XY pixel centres, one drawn uniformly from each mask
+        (as SAM's first click), and ``(T,)`` whether the target takes it instead of its box
+        (probability ``point_prob``). A pure function of ``item.prompt_seed``."""
+        rng = np.random.default_rng(self.item.prompt_seed)
+        out = np.zeros((len(self.masks), 2), dtype=np.float32)
+        h, w = self.masks.shape[1:]
+        for i, mask in enumerate(self.masks):
+            ys, xs = np.nonzero(mask)
+            k = int(rng.integers(len(xs))) if len(xs) else -1
+            out[i] = (xs[k] + 0.5, ys[k] + 0.5) if len(xs) else (w / 2, h / 2)
+        return out, rng.random(len(self.masks)) < point_prob
 
 
 def resolve_train_split(name: str, split: str = "train") -> SplitCard:
@@ -171,14 +185,16 @@ class TrainingData:
     def global_batch(self, seed: int, step: int, size: int, texts_per_image: int, flip_prob: float) -> list[Item]:
         """The ``size`` items of optimizer step ``step``; a pure function of its arguments."""
         rng = np.random.default_rng([seed, step])
+        # a stream of its own, so the images, sentences and flips of a step do not depend on it
+        prompt_seeds = np.random.default_rng([seed, step, 1]).integers(2**31, size=size)
         items = []
-        for _ in range(size):
+        for prompt_seed in prompt_seeds:
             source = int(rng.choice(len(self.groups), p=self.probs))
             g = int(rng.integers(len(self.groups[source])))
             n = len(self.groups[source][g].samples)
             texts = tuple(int(i) for i in rng.permutation(n)[: min(n, texts_per_image)])
             flip = bool(rng.random() < flip_prob)
-            items.append(Item(source, g, texts, flip))
+            items.append(Item(source, g, texts, flip, int(prompt_seed)))
         return items
 
     def group(self, item: Item) -> ImageGroup:

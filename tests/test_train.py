@@ -296,6 +296,36 @@ def test_category_aux_trains_the_sam_encoder_and_resumes_bit_identically(data_ro
     assert not torch.equal(whole[key], plain[key])  # the category loss reaches the encoder
 
 
+def test_point_prompts_are_drawn_from_the_mask(data_root: Path) -> None:
+    data = TrainingData(["shapes"], None, data_root)
+    for flip in (False, True):
+        n = len(data.groups[0][0].samples)
+        ex = data.example(Item(0, 0, tuple(range(n)), flip, prompt_seed=7))
+        xy, use = ex.points(1.0)
+        assert use.all() and not ex.points(0.0)[1].any()
+        assert all(mask[int(y), int(x)] for mask, (x, y) in zip(ex.masks, xy))
+        assert np.array_equal(xy, ex.points(0.5)[0])  # a function of the item's prompt seed
+    seeds = [i.prompt_seed for i in data.global_batch(0, 3, 8, 3, 0.5)]
+    assert len(set(seeds)) == 8 and seeds == [i.prompt_seed for i in data.global_batch(0, 3, 8, 3, 0.5)]
+
+
+def test_point_prompts_train_the_point_token_not_the_box_tokens(data_root: Path, tmp_path: Path) -> None:
+    boxes = dict(stage="sam_boxes", train=["image_encoder", "prompt_encoder", "mask_decoder"], steps=2)
+    torch.manual_seed(0)  # as train() does before it builds the model
+    init = {k: v for k, v in build_model(tiny_config(data_root, **boxes), torch.device("cpu"), None).net.state_dict().items()
+            if k.startswith("visual_model.prompt_encoder.point_embeddings")}
+    runs = {p: load_file(str(train(tiny_config(data_root, point_prob=p, **boxes), tmp_path / str(p), progress=False)
+                             / "sam.safetensors")) for p in (0.0, 1.0)}
+    moved = {p: {i for i in range(4) if not torch.equal(runs[p][f"prompt_encoder.point_embeddings.{i}.weight"],
+                                                          init[f"visual_model.prompt_encoder.point_embeddings.{i}.weight"])}
+             for p in runs}
+    assert moved == {0.0: {2, 3}, 1.0: {1}}  # box corners / the positive point
+    with pytest.raises(TrainError, match="point_prob sets the prompts of --stage sam_boxes"):
+        tiny_config(data_root, point_prob=0.5).validate()
+    with pytest.raises(TrainError, match=r"point_prob must be in \[0, 1\]"):
+        tiny_config(data_root, point_prob=1.5, **boxes).validate()
+
+
 def test_category_aux_in_a_text_stage_reaches_the_encoder(data_root: Path, tmp_path: Path) -> None:
     text = dict(train=["image_encoder", "mm_encoder", "projector", "mask_decoder"], steps=2)
     aux = load_file(str(train(tiny_config(data_root, category_aux=1.0, **text), tmp_path / "aux", progress=False)
