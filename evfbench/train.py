@@ -36,7 +36,8 @@ Output folder::
     <output-dir>/train_log.csv               step, loss, bce, dice, category (means over the masks since
                                              the previous row), lr, samples_per_s (images / s, all
                                              processes), elapsed_s
-    <output-dir>/eval_log.csv                step, split, ciou, giou, n_sentences (periodic evaluation)
+    <output-dir>/eval_log.csv                step, split, ciou, giou, n_sentences (periodic evaluation;
+                                             sam_boxes with --point-prob also <split>:points)
     <output-dir>/loss_curve.png              loss and evaluation cIoU against the step
     <output-dir>/checkpoints/step-NNNNNN/    official layout (config.json, model.safetensors, tokenizer)
                                              or sam.safetensors (sam_boxes), plus trainer_state.pt
@@ -380,8 +381,10 @@ class Trainer(nn.Module):
 
 
 # ---- evaluation ------------------------------------------------------------------------------
-def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | None) -> dict[str, float]:
-    """cIoU / gIoU of the current weights on ``split`` (texts, or target boxes for ``sam_boxes``)."""
+def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | None,
+             points: bool = False) -> dict[str, float]:
+    """cIoU / gIoU of the current weights on ``split``: prompted by the texts, or for ``sam_boxes``
+    by the target boxes (``points``: by one point of each target, drawn with the image id as seed)."""
     from evfbench.data.refer import load_split
     from evfbench.metrics import MetricAccumulator, intersection_union
     from evfbench.registry import get_split
@@ -393,10 +396,10 @@ def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | 
         for g in groups:
             image = g.load_image()
             if trainer.cfg.stage == "sam_boxes":
-                item = Item(-1, g.image_id, tuple(range(len(g.samples))), False)
+                item = Item(-1, g.image_id, tuple(range(len(g.samples))), False, prompt_seed=g.image_id)
                 masks = np.stack([g.target_mask(s) for s in g.samples])
                 ex = Example(item, image, g.texts, masks)
-                low, feats = trainer._boxes([ex])
+                low, feats = trainer._boxes([ex], 1.0 if points else 0.0)
                 pred = (trainer.net.backend.postprocess(low, feats[0], masks.shape[1:]) > 0).cpu().numpy()
             else:
                 pred = trainer.model.predict(image, g)
@@ -441,9 +444,9 @@ def plot_curves(path: Path, log: list[dict[str, Any]], evals: list[dict[str, Any
     handles, labels = ax.get_legend_handles_labels()
     if evals:
         ax2 = ax.twinx()
-        for split in sorted({r["split"] for r in evals}):
+        for split, color in zip(sorted({r["split"] for r in evals}), ("black", "tab:purple", "tab:brown", "tab:olive")):
             rows = [r for r in evals if r["split"] == split]
-            ax2.plot([int(r["step"]) for r in rows], [float(r["ciou"]) for r in rows], "o-", color="black",
+            ax2.plot([int(r["step"]) for r in rows], [float(r["ciou"]) for r in rows], "o-", color=color,
                      markersize=3, label=f"cIoU {split}")
         ax2.set_ylabel("cIoU")
         ax2.set_ylim(0, 1)
@@ -680,10 +683,13 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
         def run_eval(step: int) -> None:
             if not (cfg.val_split and ctx.is_main):
                 return
-            m = evaluate(trainer, cfg.val_split, data_root, cfg.eval_limit)
-            evals.append({"step": step, "split": cfg.val_split, "ciou": f"{m['ciou']:.6f}", "giou": f"{m['giou']:.6f}",
-                          "n_sentences": m["n_sentences"]})
-            tqdm.write(f"step {step}: {cfg.val_split} cIoU {m['ciou']:.4f} gIoU {m['giou']:.4f}")
+            kinds = [False, True] if cfg.stage == "sam_boxes" and cfg.point_prob > 0 else [False]
+            for points in kinds:
+                m = evaluate(trainer, cfg.val_split, data_root, cfg.eval_limit, points=points)
+                split = f"{cfg.val_split}:points" if points else cfg.val_split
+                evals.append({"step": step, "split": split, "ciou": f"{m['ciou']:.6f}", "giou": f"{m['giou']:.6f}",
+                              "n_sentences": m["n_sentences"]})
+                tqdm.write(f"step {step}: {split} cIoU {m['ciou']:.4f} gIoU {m['giou']:.4f}")
 
         def write_logs() -> None:
             if ctx.is_main:

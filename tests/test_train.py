@@ -314,12 +314,16 @@ def test_point_prompts_train_the_point_token_not_the_box_tokens(data_root: Path,
     torch.manual_seed(0)  # as train() does before it builds the model
     init = {k: v for k, v in build_model(tiny_config(data_root, **boxes), torch.device("cpu"), None).net.state_dict().items()
             if k.startswith("visual_model.prompt_encoder.point_embeddings")}
-    runs = {p: load_file(str(train(tiny_config(data_root, point_prob=p, **boxes), tmp_path / str(p), progress=False)
-                             / "sam.safetensors")) for p in (0.0, 1.0)}
+    evals = dict(val_split="shapes_val", eval_every=1, eval_limit=3)
+    runs = {p: load_file(str(train(tiny_config(data_root, point_prob=p, **boxes, **evals), tmp_path / str(p),
+                                   progress=False) / "sam.safetensors")) for p in (0.0, 1.0)}
     moved = {p: {i for i in range(4) if not torch.equal(runs[p][f"prompt_encoder.point_embeddings.{i}.weight"],
                                                           init[f"visual_model.prompt_encoder.point_embeddings.{i}.weight"])}
              for p in runs}
     assert moved == {0.0: {2, 3}, 1.0: {1}}  # box corners / the positive point
+    splits = lambda run: [(r["step"], r["split"]) for r in read_csv(tmp_path / run / "eval_log.csv")]  # noqa: E731
+    assert splits("0.0") == [("1", "shapes_val"), ("2", "shapes_val")]
+    assert splits("1.0") == [(step, split) for step in "12" for split in ("shapes_val", "shapes_val:points")]
     with pytest.raises(TrainError, match="point_prob sets the prompts of --stage sam_boxes"):
         tiny_config(data_root, point_prob=0.5).validate()
     with pytest.raises(TrainError, match=r"point_prob must be in \[0, 1\]"):
