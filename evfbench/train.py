@@ -24,8 +24,8 @@ The SAM image encoder is frozen (its embeddings are then computed once per image
 
 Stages: ``--stage text`` (default) trains on referring expressions. ``--stage sam_boxes``
 trains the SAM parts alone with box prompts of the targets (stock prompt encoder; with
-``--point-prob P`` a share P of them get one point of the mask instead, as SAM trains on both); its
-``model/sam.safetensors`` has the stock ``segment_anything`` key names and is a
+``--point-prob P`` a share P of them get one point of the mask instead, as SAM trains on
+both); its ``model/sam.safetensors`` has the stock ``segment_anything`` key names and is a
 ``--sam-checkpoint`` for a text stage: the way to get a "pretrained SAM" for tiny models
 trained from scratch. ``--init`` a text-only run with ``--model-args fusion=early`` continues
 its parameters as early fusion (text first, then fusion: how ``evf_sam_tiny.shapes`` was made).

@@ -67,7 +67,7 @@ class Item:
     group: int
     texts: tuple[int, ...]
     flip: bool
-    prompt_seed: int = 0  # draws the stage-1 point prompts (:meth:`Example.prompts`)
+    prompt_seed: int = 0  # draws the stage-1 point prompts (:meth:`Example.points`)
 
 
 @dataclass
@@ -98,8 +98,11 @@ class Example:
         h, w = self.masks.shape[1:]
         for i, mask in enumerate(self.masks):
             ys, xs = np.nonzero(mask)
-            k = int(rng.integers(len(xs))) if len(xs) else -1
-            out[i] = (xs[k] + 0.5, ys[k] + 0.5) if len(xs) else (w / 2, h / 2)
+            if len(xs):
+                k = int(rng.integers(len(xs)))
+                out[i] = (xs[k] + 0.5, ys[k] + 0.5)
+            else:
+                out[i] = (w / 2, h / 2)
         return out, rng.random(len(self.masks)) < point_prob
 
 
