@@ -56,6 +56,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import itertools
 import os
 import shutil
 import sys
@@ -444,7 +445,8 @@ def plot_curves(path: Path, log: list[dict[str, Any]], evals: list[dict[str, Any
     handles, labels = ax.get_legend_handles_labels()
     if evals:
         ax2 = ax.twinx()
-        for split, color in zip(sorted({r["split"] for r in evals}), ("black", "tab:purple", "tab:brown", "tab:olive")):
+        colors = itertools.cycle(("black", "tab:purple", "tab:brown", "tab:olive"))
+        for split, color in zip(sorted({r["split"] for r in evals}), colors):
             rows = [r for r in evals if r["split"] == split]
             ax2.plot([int(r["step"]) for r in rows], [float(r["ciou"]) for r in rows], "o-", color=color,
                      markersize=3, label=f"cIoU {split}")
