@@ -30,12 +30,18 @@ both); its ``model/sam.safetensors`` has the stock ``segment_anything`` key name
 trained from scratch. ``--init`` a text-only run with ``--model-args fusion=early`` continues
 its parameters as early fusion (text first, then fusion: how ``evf_sam_tiny.shapes`` was made).
 
+Auxiliary losses for models trained from scratch (heads kept in ``trainer_state.pt``, never in
+the weights): ``--category-aux`` (what each SAM embedding position shows) and
+``--grounding-aux`` (where the target is, on the early-fusion BEiT-3's vision tokens and image
+[CLS]); ``--beit3-position-std`` redraws BEiT-3's untrained vision positions at a scale the
+patches can carry.
+
 Output folder::
 
     <output-dir>/config.yaml                 the resolved configuration
-    <output-dir>/train_log.csv               step, loss, bce, dice, category (means over the masks since
-                                             the previous row), lr, samples_per_s (images / s, all
-                                             processes), elapsed_s
+    <output-dir>/train_log.csv               step, loss, bce, dice, category, grounding (means over the
+                                             masks since the previous row), lr, samples_per_s (images / s,
+                                             all processes), elapsed_s
     <output-dir>/eval_log.csv                step, split, ciou, giou, n_sentences (periodic evaluation;
                                              sam_boxes with --point-prob also <split>:points)
     <output-dir>/loss_curve.png              loss and evaluation cIoU against the step
@@ -86,7 +92,8 @@ OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAM_FILE = "sam.safetensors"
 STATE_FILE = "trainer_state.pt"
-LOG_COLUMNS = ("step", "loss", "bce", "dice", "category", "lr", "samples_per_s", "elapsed_s")  # category: with category_aux
+# category / grounding: with category_aux / grounding_aux
+LOG_COLUMNS = ("step", "loss", "bce", "dice", "category", "grounding", "lr", "samples_per_s", "elapsed_s")
 EVAL_COLUMNS = ("step", "split", "ciou", "giou", "n_sentences")
 # Fields that may change between a run and its --resume (they do not change the trajectory).
 RESUME_FREE = frozenset({"eval_every", "eval_limit", "log_every", "checkpoint_every", "keep_checkpoints", "val_split",
@@ -147,6 +154,15 @@ class TrainConfig:
     # instead of its box. SAM itself trains on points and boxes; a point is one positional token,
     # like the one token the text stages give the decoder.
     point_prob: float = 0.0
+    # Weight of a grounding loss on the early-fusion BEiT-3, through heads kept in the trainer state:
+    # every vision token predicts the share of its patch the target covers (BCE), and the image
+    # [CLS] the target's distribution over the patches (cross-entropy). Trained from scratch with
+    # the mask loss alone, the [CLS] never learns where the referent is (TRAINING.md).
+    grounding_aux: float = 0.0
+    # > 0: redraw BEiT-3's vision position table (normal, this std) before training. The
+    # torchscale init (0.02) is tiny next to the patch embeddings, so a BEiT-3 trained from
+    # scratch barely sees where a patch is; only for an image side that starts untrained.
+    beit3_position_std: float = 0.0
     final_dtype: str = "fp32"  # file dtype of <output-dir>/model (fp16 halves it); checkpoints stay fp32
 
     def validate(self) -> None:
@@ -170,6 +186,15 @@ class TrainConfig:
         if self.category_aux > 0 and "image_encoder" not in self.train:
             raise TrainError("category_aux trains the SAM image encoder, but --train does not name image_encoder\n"
                              "  fix: add image_encoder to --train or set --category-aux 0")
+        for name in ("grounding_aux", "beit3_position_std"):
+            if getattr(self, name) < 0:
+                raise TrainError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.grounding_aux > 0 and (self.stage != "text" or "mm_encoder" not in self.train):
+            raise TrainError("grounding_aux trains BEiT-3 in a text stage, but the stage is not text or --train does not "
+                             "name mm_encoder\n  fix: use --stage text with mm_encoder in --train, or set --grounding-aux 0")
+        if self.beit3_position_std > 0 and self.beit3_checkpoint:
+            raise TrainError("beit3_position_std redraws the positions of a BEiT-3 trained from scratch, not of "
+                             f"--beit3-checkpoint {self.beit3_checkpoint}\n  fix: set --beit3-position-std 0")
         if not 0 <= self.point_prob <= 1:
             raise TrainError(f"point_prob must be in [0, 1]; got {self.point_prob}")
         if self.point_prob > 0 and self.stage != "sam_boxes":
@@ -229,16 +254,17 @@ def set_trainable(net: nn.Module, names: list[str]) -> None:
         modules[name].requires_grad_(True)
 
 
-def param_groups(net: nn.Module, cfg: TrainConfig, extra: nn.Module | None = None) -> list[dict[str, Any]]:
+def param_groups(net: nn.Module, cfg: TrainConfig, extra: dict[str, nn.Module | None] | None = None) -> list[dict[str, Any]]:
     """One AdamW group per trainable module (in :data:`MODULES` order), with its lr multiplier;
-    ``extra`` (the category head) last, at the base lr."""
+    the ``extra`` heads of the auxiliary losses last, at the base lr."""
     groups = []
     for name, module in trainable_modules(net).items():
         params = [p for p in module.parameters() if p.requires_grad]
         if params:
             groups.append({"params": params, "lr": cfg.lr * cfg.lr_scales.get(name, 1.0), "name": name})
-    if extra is not None:
-        groups.append({"params": list(extra.parameters()), "lr": cfg.lr, "name": "category_head"})
+    for name, head in (extra or {}).items():
+        if head is not None:
+            groups.append({"params": list(head.parameters()), "lr": cfg.lr, "name": name})
     return groups
 
 
@@ -250,13 +276,34 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 # ---- the model side of a training step -------------------------------------------------------
+class GroundingHead(nn.Module):
+    """The heads of ``grounding_aux``: ``patch`` scores each vision token, ``cls`` maps the image
+    [CLS] to a distribution over the ``num_patches`` patches."""
+
+    def __init__(self, dim: int, num_patches: int) -> None:
+        super().__init__()
+        self.patch = nn.Linear(dim, 1)
+        self.cls = nn.Linear(dim, num_patches)
+
+    def forward(self, tokens: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``(B, Nv + L, D)`` of the joint pass, ``cover`` ``(B, P)`` the share of each
+        patch covered by the target -> the summed loss of the ``B`` texts."""
+        n = cover.size(1)
+        patch = F.binary_cross_entropy_with_logits(self.patch(tokens[:, 1 : n + 1].float()).squeeze(-1), cover,
+                                                   reduction="none").mean(1)
+        where = cover / cover.sum(1, keepdim=True).clamp_min(1e-6)  # an empty target adds no cross-entropy
+        cls = -(where * self.cls(tokens[:, 0].float()).log_softmax(-1)).sum(1)
+        return (patch + cls).sum()
+
+
 class Trainer(nn.Module):
     """The forward pass of one micro-batch -> summed per-mask losses (wrapped by DDP).
 
     With ``cache`` and a frozen SAM image encoder, the embedding of each (image, flip) is
     computed once and kept (the frozen encoder makes it exact; the reference recomputes it).
     With ``category_aux``, ``category_head`` maps the SAM embedding to ``n_categories + 1``
-    classes (0 = background) per position.
+    classes (0 = background) per position; with ``grounding_aux``, ``grounding_head``
+    (:class:`GroundingHead`) reads the early-fusion BEiT-3 output.
     """
 
     def __init__(self, model: Any, cfg: TrainConfig, device: torch.device, n_categories: int = 0) -> None:
@@ -273,6 +320,17 @@ class Trainer(nn.Module):
                 raise TrainError("category_aux needs a SAM-1 image encoder (its embedding is one feature map)")
             channels = self.net.visual_model.prompt_encoder.embed_dim
             self.category_head = nn.Conv2d(channels, n_categories + 1, kernel_size=1).to(device)
+        self.grounding_head: GroundingHead | None = None
+        if cfg.grounding_aux > 0:
+            if self.net.config.fusion != "early":
+                raise TrainError(f"grounding_aux trains the early-fusion BEiT-3; this model's fusion is {self.net.config.fusion!r}"
+                                 "\n  fix: --model-args fusion=early, or set --grounding-aux 0")
+            beit = self.net.config.beit3
+            self.grounding_head = GroundingHead(beit.embed_dim, beit.num_patches).to(device)
+
+    def heads(self) -> dict[str, nn.Module | None]:
+        """The auxiliary heads by name (their trainer-state and optimizer-group names)."""
+        return {"category_head": self.category_head, "grounding_head": self.grounding_head}
 
     def _sam_features(self, examples: list[Example]) -> list[Any]:
         """SAM features per example: from the cache, else encoded. A frozen encoder sees one
@@ -301,12 +359,13 @@ class Trainer(nn.Module):
                 self._cache[keys[i]] = out[i]
         return [out[i] for i in range(len(examples))]
 
-    def forward(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (loss to back-propagate, BCE, dice, category loss), each summed over the masks."""
+    def forward(self, examples: list[Example]) -> tuple[torch.Tensor, ...]:
+        """-> (loss to back-propagate, BCE, dice, category loss, grounding loss), each summed over the masks."""
+        grounding_sum = torch.zeros((), device=self.device)
         if self.cfg.stage == "sam_boxes":
             low_res, feats = self._boxes(examples, self.cfg.point_prob)
         else:
-            low_res, feats = self._texts(examples)
+            low_res, feats, grounding_sum = self._texts(examples)
         bce_sum = dice_sum = torch.zeros((), device=self.device)
         row = 0
         for ex, f in zip(examples, feats):
@@ -321,8 +380,9 @@ class Trainer(nn.Module):
         if self.category_head is not None:
             for ex, f in zip(examples, feats):  # weighted like a mask loss: by the example's masks
                 category_sum = category_sum + len(ex.masks) * self._category_loss(ex, f)
-        loss_sum = self.cfg.bce_weight * bce_sum + self.cfg.dice_weight * dice_sum + self.cfg.category_aux * category_sum
-        return loss_sum, bce_sum.detach(), dice_sum.detach(), category_sum.detach()
+        loss_sum = (self.cfg.bce_weight * bce_sum + self.cfg.dice_weight * dice_sum + self.cfg.category_aux * category_sum
+                    + self.cfg.grounding_aux * grounding_sum)
+        return loss_sum, bce_sum.detach(), dice_sum.detach(), category_sum.detach(), grounding_sum.detach()
 
     def _category_loss(self, ex: Example, features: Any) -> torch.Tensor:
         """Per-pixel cross-entropy of the category head over the resized image (padding ignored)."""
@@ -335,7 +395,8 @@ class Trainer(nn.Module):
         labels = F.interpolate(labels, size=(h, w), mode="nearest")[0].long()
         return F.cross_entropy(logits, labels)
 
-    def _texts(self, examples: list[Example]) -> tuple[torch.Tensor, list[Any]]:
+    def _texts(self, examples: list[Example]) -> tuple[torch.Tensor, list[Any], torch.Tensor]:
+        """-> low-resolution logits, SAM features, the summed grounding loss (0 without it)."""
         from evfbench.models import beit3 as beit3_module
 
         net = self.net
@@ -344,15 +405,28 @@ class Trainer(nn.Module):
         vision = net.beit3.embed_vision(pixels)
         index = torch.tensor([i for i, ex in enumerate(examples) for _ in ex.texts], device=self.device)
         ids, padding = self.model.tokenize([t for ex in examples for t in ex.texts])
-        prompt = net.encode_prompt(vision, ids, padding, image_index=index)
+        grounding = torch.zeros((), device=self.device)
+        if self.grounding_head is None:
+            prompt = net.encode_prompt(vision, ids, padding, image_index=index)
+        else:
+            tokens = net.joint_tokens(vision, ids, padding, image_index=index)
+            prompt = net.text_hidden_fcs[0](tokens[:, :1])
+            grounding = self.grounding_head(tokens, self._patch_cover(examples))
         if net.config.family == "sam":
             embeds = torch.cat([f.image_embed for f in feats])[index]
-            return net.backend.decode_batched(net.visual_model, embeds, prompt), feats
+            return net.backend.decode_batched(net.visual_model, embeds, prompt), feats, grounding
         rows, out = 0, []
         for ex, f in zip(examples, feats):
             out.append(net.backend.decode(net.visual_model, f, prompt[rows : rows + len(ex.texts)]))
             rows += len(ex.texts)
-        return torch.cat(out), feats
+        return torch.cat(out), feats, grounding
+
+    def _patch_cover(self, examples: list[Example]) -> torch.Tensor:
+        """``(texts, patches)``: the share of each BEiT-3 patch its target covers. BEiT-3 squashes
+        the image to a square, so the mask is averaged over a ``g x g`` grid of the whole image."""
+        g = self.net.config.beit3.img_size // self.net.config.beit3.patch_size
+        masks = [torch.from_numpy(ex.masks).to(self.device, torch.float32) for ex in examples]
+        return torch.cat([F.adaptive_avg_pool2d(m[:, None], g).flatten(1) for m in masks])
 
     def _boxes(self, examples: list[Example], point_prob: float = 0.0) -> tuple[torch.Tensor, list[Any]]:
         """Decode each target from its box, or with probability ``point_prob`` from one point."""
@@ -427,7 +501,7 @@ def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) 
 
 
 def plot_curves(path: Path, log: list[dict[str, Any]], evals: list[dict[str, Any]], title: str) -> None:
-    """Mask loss (and BCE, dice, the category loss) against the step; evaluation cIoU on a second axis."""
+    """Mask loss (and BCE, dice, the auxiliary losses) against the step; evaluation cIoU on a second axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -435,8 +509,8 @@ def plot_curves(path: Path, log: list[dict[str, Any]], evals: list[dict[str, Any
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     steps = [int(r["step"]) for r in log]
-    for key in ("loss", "bce", "dice", "category"):
-        if all(r.get(key) for r in log):  # category: only with category_aux (and not in older logs)
+    for key in ("loss", "bce", "dice", "category", "grounding"):
+        if all(r.get(key) for r in log):  # category, grounding: only with their losses (and not in older logs)
             ax.plot(steps, [float(r[key]) for r in log], label=key, linewidth=1.5 if key == "loss" else 0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
@@ -554,6 +628,12 @@ def build_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None
         except ValueError as err:
             raise TrainError(f"--init {cfg.init}: {err}") from None
         print(f"--init {cfg.init}: {trained_as}-fusion weights continue as {switch_to} fusion")
+    if cfg.beit3_position_std > 0 and resume_from is None:
+        if cfg.init and trained_as != "text":
+            raise TrainError(f"--init {cfg.init} is a {trained_as}-fusion model: its BEiT-3 image side is trained, and "
+                             "beit3_position_std would redraw its positions\n  fix: set --beit3-position-std 0")
+        with torch.no_grad():
+            nn.init.normal_(model.net.beit3.encoder.embed_positions.A.weight, std=cfg.beit3_position_std)
     return model
 
 
@@ -654,10 +734,10 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                 find_unused_parameters=True, broadcast_buffers=False,
             )
         if cfg.optimizer == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(param_groups(net, cfg, trainer.category_head), lr=cfg.lr,
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(param_groups(net, cfg, trainer.heads()), lr=cfg.lr,
                                                                weight_decay=cfg.weight_decay)
         else:
-            optimizer = torch.optim.AdamW(param_groups(net, cfg, trainer.category_head), lr=cfg.lr, betas=tuple(cfg.betas),
+            optimizer = torch.optim.AdamW(param_groups(net, cfg, trainer.heads()), lr=cfg.lr, betas=tuple(cfg.betas),
                                           weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps))
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -673,8 +753,9 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng"]["torch"])
-            if trainer.category_head is not None:
-                trainer.category_head.load_state_dict(state["category_head"])
+            for name, head in trainer.heads().items():
+                if head is not None:
+                    head.load_state_dict(state[name])
             start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
             log = [r for r in log if int(r["step"]) <= start]
             evals = [r for r in evals if int(r["step"]) <= start]
@@ -706,8 +787,9 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
                          "data_position": step, "world_size": ctx.world_size, "per_device_batch": cfg.per_device_batch,
                          "accum": accum}
-                if trainer.category_head is not None:
-                    state["category_head"] = trainer.category_head.state_dict()
+                for name, head in trainer.heads().items():
+                    if head is not None:
+                        state[name] = head.state_dict()
                 save_checkpoint(model, cfg, output_dir, state)
                 write_logs()
             ctx.barrier()
@@ -715,13 +797,13 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True,
                    disable=not (progress and ctx.is_main))
         t0 = time.perf_counter() - elapsed_before
-        window = {"bce": 0.0, "dice": 0.0, "category": 0.0, "masks": 0, "images": 0, "t": time.perf_counter()}
+        window = {"bce": 0.0, "dice": 0.0, "category": 0.0, "grounding": 0.0, "masks": 0, "images": 0, "t": time.perf_counter()}
         images_cache: dict[tuple[int, int], np.ndarray] = {}
         for step in range(start, cfg.steps):
             items = data.global_batch(cfg.seed, step, cfg.global_batch, cfg.texts_per_image, cfg.flip_prob)
             n_masks = sum(len(i.texts) for i in items)
             optimizer.zero_grad(set_to_none=True)
-            bce_local = dice_local = category_local = 0.0
+            bce_local = dice_local = category_local = grounding_local = 0.0
             for a, micro in enumerate(_micro_batches(items, ctx, cfg.per_device_batch, accum)):
                 examples = []
                 for item in micro:
@@ -735,13 +817,14 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                 sync = module.no_sync() if ctx.enabled and a < accum - 1 else nullcontext()
                 with sync:
                     with autocast():
-                        loss_sum, bce_sum, dice_sum, category_sum = module(examples)
+                        loss_sum, bce_sum, dice_sum, category_sum, grounding_sum = module(examples)
                     # sum over this micro-batch's masks / all masks of the global batch; DDP
                     # averages over processes, hence the world size.
                     scaler.scale(loss_sum * ctx.world_size / n_masks).backward()
                 bce_local += float(bce_sum)
                 dice_local += float(dice_sum)
                 category_local += float(category_sum)
+                grounding_local += float(grounding_sum)
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
@@ -752,22 +835,24 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
             window["bce"] += bce_local
             window["dice"] += dice_local
             window["category"] += category_local
+            window["grounding"] += grounding_local
             window["masks"] += n_masks
             window["images"] += cfg.global_batch
             if done % cfg.log_every == 0 or done == cfg.steps:
-                sums = ctx.all_gather((window["bce"], window["dice"], window["category"]))
-                bce, dice, category = (sum(s[k] for s in sums) / window["masks"] for k in range(3))
+                sums = ctx.all_gather((window["bce"], window["dice"], window["category"], window["grounding"]))
+                bce, dice, category, grounding = (sum(s[k] for s in sums) / window["masks"] for k in range(4))
                 now = time.perf_counter()
                 rate = window["images"] / max(now - window["t"], 1e-9)
                 loss = cfg.bce_weight * bce + cfg.dice_weight * dice
                 lr = optimizer.param_groups[0]["lr"] / cfg.lr_scales.get(optimizer.param_groups[0]["name"], 1.0)
                 log.append({"step": done, "loss": f"{loss:.6f}", "bce": f"{bce:.6f}", "dice": f"{dice:.6f}",
                             "category": f"{category:.6f}" if cfg.category_aux > 0 else "",
+                            "grounding": f"{grounding:.6f}" if cfg.grounding_aux > 0 else "",
                             "lr": f"{lr:.6g}", "samples_per_s": f"{rate:.2f}", "elapsed_s": f"{now - t0:.1f}"})
                 if ctx.is_main:  # the CSV is small: rewritten whole, atomically, so it can be watched
                     write_csv(output_dir / "train_log.csv", LOG_COLUMNS, log)
                 bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.1f}", refresh=False)
-                window = {"bce": 0.0, "dice": 0.0, "category": 0.0, "masks": 0, "images": 0, "t": now}
+                window = {"bce": 0.0, "dice": 0.0, "category": 0.0, "grounding": 0.0, "masks": 0, "images": 0, "t": now}
             bar.update(1)
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
                 run_eval(done)
@@ -829,6 +914,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", action="store_true", default=None, help="keep images and frozen SAM embeddings in memory")
     p.add_argument("--category-aux", type=float, help="weight of a per-pixel category loss on the SAM embedding (a SAM "
                    "trained from scratch then learns what the objects are); needs image_encoder in --train")
+    p.add_argument("--grounding-aux", type=float, help="weight of a loss teaching the early-fusion BEiT-3 where the "
+                   "target is (per-patch cover, and the image [CLS]'s distribution over the patches)")
+    p.add_argument("--beit3-position-std", type=float, help="redraw BEiT-3's vision position table with this std "
+                   "(a BEiT-3 trained from scratch; the 0.02 init hides where patches are)")
     p.add_argument("--point-prob", type=float, help="--stage sam_boxes: share of targets prompted by one point of "
                    "the mask instead of the box (SAM trains on both)")
     p.add_argument("--precision", choices=sorted(PRECISIONS))

@@ -220,7 +220,7 @@ def test_run_writes_outputs_and_the_registry_loads_the_checkpoint(data_root: Pat
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert set(cfg) == {f.name for f in dataclasses.fields(TrainConfig)} and cfg["lr"] == 1e-3
     log = (out / "train_log.csv").read_text().splitlines()
-    assert log[0] == "step,loss,bce,dice,category,lr,samples_per_s,elapsed_s" and len(log) == 5
+    assert log[0] == "step,loss,bce,dice,category,grounding,lr,samples_per_s,elapsed_s" and len(log) == 5
     evals = (out / "eval_log.csv").read_text().splitlines()
     assert evals[0].startswith("step,split,ciou,giou") and [r.split(",")[0] for r in evals[1:]] == ["2", "4"]
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -341,6 +341,64 @@ def test_category_aux_in_a_text_stage_reaches_the_encoder(data_root: Path, tmp_p
     assert all(float(v) > 0 for v in column("aux")) and column("plain") == ["", ""]
     with pytest.raises(TrainError, match="does not name image_encoder"):
         tiny_config(data_root, category_aux=1.0, train=["mm_encoder", "projector", "mask_decoder"]).validate()
+
+
+def test_patch_cover_is_the_target_share_of_each_beit3_patch(data_root: Path) -> None:
+    cfg = tiny_config(data_root, grounding_aux=1.0)
+    data = TrainingData(cfg.data, None, data_root)
+    torch.manual_seed(0)
+    trainer = Trainer(build_model(cfg, torch.device("cpu"), None), cfg, torch.device("cpu"))
+    g = trainer.net.config.beit3.img_size // trainer.net.config.beit3.patch_size
+    for flip in (False, True):
+        ex = data.example(Item(0, 0, tuple(range(len(data.groups[0][0].samples))), flip))
+        cover = trainer._patch_cover([ex])
+        assert cover.shape == (len(ex.masks), g * g) and 0 <= cover.min() and cover.max() <= 1
+        h, w = ex.masks.shape[1:]
+        for mask, row in zip(ex.masks, cover):
+            ys, xs = np.nonzero(mask)
+            inside = {(int(y * g / h), int(x * g / w)) for y, x in zip(ys, xs)}
+            assert {divmod(int(i), g) for i in torch.nonzero(row).flatten()} == inside  # the patches it touches
+
+
+def test_grounding_head_loss_by_hand() -> None:
+    head = train_module.GroundingHead(dim=4, num_patches=3)
+    tokens = torch.randn(2, 1 + 3 + 5, 4)  # [CLS], 3 patches, 5 text tokens
+    cover = torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.0, 0.0]])
+    patch = torch.nn.functional.binary_cross_entropy_with_logits(head.patch(tokens[:, 1:4]).squeeze(-1), cover)
+    cls = -(torch.tensor([0.0, 1 / 3, 2 / 3]) * head.cls(tokens[0, 0]).log_softmax(-1)).sum()  # the empty target: none
+    assert torch.allclose(head(tokens, cover), 2 * patch + cls)
+
+
+def test_grounding_aux_trains_beit3_and_resumes_bit_identically(data_root: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(data_root, grounding_aux=1.0, beit3_position_std=0.3, flip_prob=0.5)
+    whole = load_file(str(train(cfg, tmp_path / "whole", progress=False) / "model.safetensors"))
+    train(cfg, tmp_path / "part", progress=False, stop_at=2)
+    state = torch.load(tmp_path / "part" / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=True)
+    beit = EvfConfig.from_json(json.loads((tmp_path / "whole" / "model" / "config.json").read_text())).beit3
+    assert state["grounding_head"]["cls.weight"].shape == (beit.num_patches, beit.embed_dim) and "category_head" not in state
+    resumed = load_file(str(train(cfg, tmp_path / "part", resume=True, progress=False) / "model.safetensors"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert not any(k.startswith("grounding") for k in whole)  # the heads stay out of the official layout
+    plain = load_file(str(train(tiny_config(data_root), tmp_path / "plain", progress=False) / "model.safetensors"))
+    key = "mm_extractor.beit3.vision_embed.proj.weight"
+    assert not torch.equal(whole[key], plain[key])  # the grounding loss reaches the image side of BEiT-3
+    column = lambda run: [r["grounding"] for r in read_csv(tmp_path / run / "train_log.csv")]  # noqa: E731
+    assert all(float(v) > 0 for v in column("whole")) and set(column("plain")) == {""}
+    with pytest.raises(TrainError, match="this model's fusion is 'text'"):
+        train(tiny_config(data_root, model="evf_sam_tiny_text", grounding_aux=1.0), tmp_path / "text", progress=False)
+    with pytest.raises(TrainError, match="grounding_aux trains BEiT-3 in a text stage"):
+        tiny_config(data_root, grounding_aux=1.0, stage="sam_boxes", train=["image_encoder", "mask_decoder"]).validate()
+
+
+def test_beit3_position_std_redraws_only_an_untrained_image_side(data_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    positions = build_model(tiny_config(data_root, beit3_position_std=0.5), torch.device("cpu"), None).net.beit3.encoder.embed_positions
+    assert 0.4 < float(positions.A.weight.detach().std()) < 0.6 and float(positions.B.weight.detach().std()) < 0.05  # the text table is kept
+    early = train(tiny_config(data_root, steps=1), tmp_path / "early", progress=False)
+    with pytest.raises(TrainError, match="early-fusion model: its BEiT-3 image side is trained"):
+        build_model(tiny_config(data_root, init=str(early), tokenizer_vocab=0, beit3_position_std=0.3), torch.device("cpu"), None)
+    with pytest.raises(TrainError, match="beit3_position_std must be >= 0"):
+        tiny_config(data_root, beit3_position_std=-1.0).validate()
 
 
 @pytest.mark.slow

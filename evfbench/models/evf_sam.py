@@ -325,9 +325,21 @@ class EvfSamNet(nn.Module):
             text_cls = self.beit3.forward_text(text_ids, padding)[:, :1]
             feature = torch.cat([image_cls.expand(text_cls.size(0), -1, -1), text_cls], dim=-1)
         else:
-            tokens = vision_tokens if image_index is None else vision_tokens[image_index]
-            feature = self.beit3(text_ids=text_ids, text_padding_mask=padding, vision_tokens=tokens, fuse_layers=fuse_layers)[:, :1]
+            feature = self.joint_tokens(vision_tokens, text_ids, padding, fuse_layers, image_index)[:, :1]
         return self.text_hidden_fcs[0](feature)
+
+    def joint_tokens(
+        self,
+        vision_tokens: torch.Tensor,
+        text_ids: torch.Tensor,
+        padding: torch.Tensor,
+        fuse_layers: int | None = None,
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The early-fusion BEiT-3 output ``(B, Nv + L, D)`` (index 0: the image [CLS] that
+        :meth:`encode_prompt` projects); training reads its vision tokens too."""
+        tokens = vision_tokens if image_index is None else vision_tokens[image_index]
+        return self.beit3(text_ids=text_ids, text_padding_mask=padding, vision_tokens=tokens, fuse_layers=fuse_layers)
 
     def prompt(self, embedding: EvfImageEmbedding, text_ids: torch.Tensor, padding: torch.Tensor, fuse_layers: int | None = None) -> torch.Tensor:
         """``(B, L)`` ids + padding mask -> ``(B, 1, out_dim)`` prompt (early fusion: projected image [CLS])."""
