@@ -92,8 +92,8 @@ OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAM_FILE = "sam.safetensors"
 STATE_FILE = "trainer_state.pt"
-# category / grounding: with category_aux / grounding_aux
-LOG_COLUMNS = ("step", "loss", "bce", "dice", "category", "grounding", "lr", "samples_per_s", "elapsed_s")
+LOSS_PARTS = ("bce", "dice", "category", "grounding")  # logged per mask; category / grounding: with their _aux
+LOG_COLUMNS = ("step", "loss", *LOSS_PARTS, "lr", "samples_per_s", "elapsed_s")
 EVAL_COLUMNS = ("step", "split", "ciou", "giou", "n_sentences")
 # Fields that may change between a run and its --resume (they do not change the trajectory).
 RESUME_FREE = frozenset({"eval_every", "eval_limit", "log_every", "checkpoint_every", "keep_checkpoints", "val_split",
@@ -359,8 +359,8 @@ class Trainer(nn.Module):
                 self._cache[keys[i]] = out[i]
         return [out[i] for i in range(len(examples))]
 
-    def forward(self, examples: list[Example]) -> tuple[torch.Tensor, ...]:
-        """-> (loss to back-propagate, BCE, dice, category loss, grounding loss), each summed over the masks."""
+    def forward(self, examples: list[Example]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> (loss to back-propagate, its :data:`LOSS_PARTS` detached), each summed over the masks."""
         grounding_sum = torch.zeros((), device=self.device)
         if self.cfg.stage == "sam_boxes":
             low_res, feats = self._boxes(examples, self.cfg.point_prob)
@@ -382,7 +382,8 @@ class Trainer(nn.Module):
                 category_sum = category_sum + len(ex.masks) * self._category_loss(ex, f)
         loss_sum = (self.cfg.bce_weight * bce_sum + self.cfg.dice_weight * dice_sum + self.cfg.category_aux * category_sum
                     + self.cfg.grounding_aux * grounding_sum)
-        return loss_sum, bce_sum.detach(), dice_sum.detach(), category_sum.detach(), grounding_sum.detach()
+        parts = {"bce": bce_sum, "dice": dice_sum, "category": category_sum, "grounding": grounding_sum}
+        return loss_sum, {k: v.detach() for k, v in parts.items()}
 
     def _category_loss(self, ex: Example, features: Any) -> torch.Tensor:
         """Per-pixel cross-entropy of the category head over the resized image (padding ignored)."""
@@ -509,7 +510,7 @@ def plot_curves(path: Path, log: list[dict[str, Any]], evals: list[dict[str, Any
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     steps = [int(r["step"]) for r in log]
-    for key in ("loss", "bce", "dice", "category", "grounding"):
+    for key in ("loss", *LOSS_PARTS):
         if all(r.get(key) for r in log):  # category, grounding: only with their losses (and not in older logs)
             ax.plot(steps, [float(r[key]) for r in log], label=key, linewidth=1.5 if key == "loss" else 0.8)
     ax.set_xlabel("step")
@@ -797,13 +798,13 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True,
                    disable=not (progress and ctx.is_main))
         t0 = time.perf_counter() - elapsed_before
-        window = {"bce": 0.0, "dice": 0.0, "category": 0.0, "grounding": 0.0, "masks": 0, "images": 0, "t": time.perf_counter()}
+        window = {**dict.fromkeys(LOSS_PARTS, 0.0), "masks": 0, "images": 0, "t": time.perf_counter()}
         images_cache: dict[tuple[int, int], np.ndarray] = {}
         for step in range(start, cfg.steps):
             items = data.global_batch(cfg.seed, step, cfg.global_batch, cfg.texts_per_image, cfg.flip_prob)
             n_masks = sum(len(i.texts) for i in items)
             optimizer.zero_grad(set_to_none=True)
-            bce_local = dice_local = category_local = grounding_local = 0.0
+            local = dict.fromkeys(LOSS_PARTS, 0.0)
             for a, micro in enumerate(_micro_batches(items, ctx, cfg.per_device_batch, accum)):
                 examples = []
                 for item in micro:
@@ -817,14 +818,12 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                 sync = module.no_sync() if ctx.enabled and a < accum - 1 else nullcontext()
                 with sync:
                     with autocast():
-                        loss_sum, bce_sum, dice_sum, category_sum, grounding_sum = module(examples)
+                        loss_sum, parts = module(examples)
                     # sum over this micro-batch's masks / all masks of the global batch; DDP
                     # averages over processes, hence the world size.
                     scaler.scale(loss_sum * ctx.world_size / n_masks).backward()
-                bce_local += float(bce_sum)
-                dice_local += float(dice_sum)
-                category_local += float(category_sum)
-                grounding_local += float(grounding_sum)
+                for key in LOSS_PARTS:
+                    local[key] += float(parts[key])
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
@@ -832,15 +831,13 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
             scaler.update()
             scheduler.step()
             done = step + 1
-            window["bce"] += bce_local
-            window["dice"] += dice_local
-            window["category"] += category_local
-            window["grounding"] += grounding_local
+            for key in LOSS_PARTS:
+                window[key] += local[key]
             window["masks"] += n_masks
             window["images"] += cfg.global_batch
             if done % cfg.log_every == 0 or done == cfg.steps:
-                sums = ctx.all_gather((window["bce"], window["dice"], window["category"], window["grounding"]))
-                bce, dice, category, grounding = (sum(s[k] for s in sums) / window["masks"] for k in range(4))
+                sums = ctx.all_gather(tuple(window[key] for key in LOSS_PARTS))
+                bce, dice, category, grounding = (sum(s[k] for s in sums) / window["masks"] for k in range(len(LOSS_PARTS)))
                 now = time.perf_counter()
                 rate = window["images"] / max(now - window["t"], 1e-9)
                 loss = cfg.bce_weight * bce + cfg.dice_weight * dice
@@ -852,7 +849,7 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                 if ctx.is_main:  # the CSV is small: rewritten whole, atomically, so it can be watched
                     write_csv(output_dir / "train_log.csv", LOG_COLUMNS, log)
                 bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.1f}", refresh=False)
-                window = {"bce": 0.0, "dice": 0.0, "category": 0.0, "grounding": 0.0, "masks": 0, "images": 0, "t": now}
+                window = {**dict.fromkeys(LOSS_PARTS, 0.0), "masks": 0, "images": 0, "t": now}
             bar.update(1)
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
                 run_eval(done)
