@@ -36,6 +36,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/bench_embedding_cache.py
+	$(PY) benchmarks/bench_train_step.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

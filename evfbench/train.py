@@ -268,6 +268,17 @@ def param_groups(net: nn.Module, cfg: TrainConfig, extra: dict[str, nn.Module | 
     return groups
 
 
+def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]], device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (or SGD) over ``groups``, fused where PyTorch has a fused kernel for ``device``: one
+    update for every parameter instead of a dozen small ops each, 1.17x per step for the
+    tiny shapes models on CPU (``benchmarks/bench_train_step.py``). Resuming keeps the kernel the
+    checkpoint was saved with (the optimizer state records it)."""
+    fused = device.type in ("cpu", "cuda")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
     if step < warmup:
@@ -734,12 +745,7 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                 trainer, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True, broadcast_buffers=False,
             )
-        if cfg.optimizer == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(param_groups(net, cfg, trainer.heads()), lr=cfg.lr,
-                                                               weight_decay=cfg.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(param_groups(net, cfg, trainer.heads()), lr=cfg.lr, betas=tuple(cfg.betas),
-                                          weight_decay=cfg.weight_decay)
+        optimizer = build_optimizer(cfg, param_groups(net, cfg, trainer.heads()), device)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps))
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
@@ -837,14 +843,14 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
             window["images"] += cfg.global_batch
             if done % cfg.log_every == 0 or done == cfg.steps:
                 sums = ctx.all_gather(tuple(window[key] for key in LOSS_PARTS))
-                bce, dice, category, grounding = (sum(s[k] for s in sums) / window["masks"] for k in range(len(LOSS_PARTS)))
+                mean = {key: sum(s[k] for s in sums) / window["masks"] for k, key in enumerate(LOSS_PARTS)}
                 now = time.perf_counter()
                 rate = window["images"] / max(now - window["t"], 1e-9)
-                loss = cfg.bce_weight * bce + cfg.dice_weight * dice
+                loss = cfg.bce_weight * mean["bce"] + cfg.dice_weight * mean["dice"]
                 lr = optimizer.param_groups[0]["lr"] / cfg.lr_scales.get(optimizer.param_groups[0]["name"], 1.0)
-                log.append({"step": done, "loss": f"{loss:.6f}", "bce": f"{bce:.6f}", "dice": f"{dice:.6f}",
-                            "category": f"{category:.6f}" if cfg.category_aux > 0 else "",
-                            "grounding": f"{grounding:.6f}" if cfg.grounding_aux > 0 else "",
+                logged = {"bce": True, "dice": True, "category": cfg.category_aux > 0, "grounding": cfg.grounding_aux > 0}
+                log.append({"step": done, "loss": f"{loss:.6f}",
+                            **{key: f"{mean[key]:.6f}" if logged[key] else "" for key in LOSS_PARTS},
                             "lr": f"{lr:.6g}", "samples_per_s": f"{rate:.2f}", "elapsed_s": f"{now - t0:.1f}"})
                 if ctx.is_main:  # the CSV is small: rewritten whole, atomically, so it can be watched
                     write_csv(output_dir / "train_log.csv", LOG_COLUMNS, log)

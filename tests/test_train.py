@@ -261,6 +261,20 @@ def test_sam_boxes_stage_feeds_a_text_stage(data_root: Path, tmp_path: Path) -> 
     assert encoder and all(torch.equal(v, sam[k]) for k, v in encoder.items())  # frozen in stage 2
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_optimizer_is_fused_on_cpu_and_a_resumed_state_keeps_its_kernel(name: str) -> None:
+    param = torch.nn.Parameter(torch.randn(3))
+    cfg = TrainConfig(optimizer=name, lr=0.1)
+    fused = train_module.build_optimizer(cfg, [{"params": [param]}], torch.device("cpu"))
+    assert fused.param_groups[0]["fused"] is True
+    kind = torch.optim.AdamW if name == "adamw" else torch.optim.SGD
+    old = kind([param], lr=0.1)  # a checkpoint saved before the fused kernel was used
+    param.grad = torch.ones(3)
+    old.step()
+    fused.load_state_dict(old.state_dict())
+    assert not fused.param_groups[0]["fused"]  # a resumed run continues bit-identically
+
+
 def test_shipped_training_configs_are_valid() -> None:
     from evfbench.cards import registry_root
 
