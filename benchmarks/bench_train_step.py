@@ -68,8 +68,8 @@ def main() -> None:
     data = TrainingData(["shapes"], None, root)
     tokenizer = train_tokenizer(data.sentences(), root / "tokenizer", vocab_size=120)
     shapes = get_model_card("evf_sam_tiny")[0].tags["shapes"].args
-    cfg = TrainConfig(tokenizer=str(tokenizer), model="evf_sam_tiny", data=["shapes"], data_root=str(root), precision="fp32", global_batch=8,
-                      per_device_batch=8, flip_prob=0.5, lr=5e-4, grounding_aux=1.0, beit3_position_std=0.3,
+    cfg = TrainConfig(model="evf_sam_tiny", tokenizer=str(tokenizer), data=["shapes"], data_root=str(root), precision="fp32",
+                      global_batch=8, per_device_batch=8, flip_prob=0.5, lr=5e-4, grounding_aux=1.0, beit3_position_std=0.3,
                       train=["image_encoder", "mm_encoder", "projector", "prompt_encoder", "mask_decoder"],
                       model_args={"beit3_config": shapes["beit3_config"], "sam_config": shapes["sam_config"],
                                   "fusion": "early"})
