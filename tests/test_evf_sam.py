@@ -322,6 +322,22 @@ def test_architecture_mismatch_is_an_error(saved) -> None:
         create_model("evf_sam", weights=str(saved["sam"]))
 
 
+def test_tiny_names_take_the_checkpoint_sizes(spm_folder, tmp_path, image) -> None:
+    """A checkpoint trained at other small sizes (as `evfbench.train` writes them) loads by name alone."""
+    sizes = {"beit3_config": {"embed_dim": 48, "layers": 1, "heads": 2, "ffn_dim": 64, "vocab_size": 256, "img_size": 32,
+                              "patch_size": 16, "max_text_positions": 64},
+             "sam_config": {"encoder_embed_dim": 48, "encoder_depth": 1, "encoder_num_heads": 2, "encoder_global_attn_indexes": [0],
+                            "img_size": 64, "patch_size": 8, "window_size": 4, "prompt_embed_dim": 48, "mask_in_chans": 8,
+                            "decoder_depth": 1, "decoder_mlp_dim": 64, "decoder_num_heads": 2, "iou_head_hidden_dim": 32}}
+    trained = _model("sam", spm_folder, fusion="text", **sizes)
+    folder = trained.save_pretrained(tmp_path / "custom")
+    loaded = create_model("evf_sam_tiny", weights=str(folder))
+    assert loaded.config == trained.config
+    assert torch.equal(_logits(loaded, image, TEXTS), _logits(trained, image, TEXTS))
+    with pytest.raises(CheckpointError, match="evf_sam_tiny / evf_sam2_tiny"):
+        create_model("evf_sam", weights=str(folder))
+
+
 def test_hub_id_offline_names_the_id(monkeypatch) -> None:
     import huggingface_hub.constants
 

@@ -527,13 +527,20 @@ def _build(
         file_config = EvfConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")), str(config_path))
         if fusion is None:  # not asked for: the checkpoint's
             config = replace(config, fusion=file_config.fusion)
+        # The test scale names no fixed sizes (evf_sam_tiny, evf_sam2_tiny): a checkpoint trained
+        # at any small size loads by name alone, with the sizes its config.json records.
+        if beit3_config is None and mm_extractor_scale == "test":
+            config = replace(config, beit3=file_config.beit3)
+        if sam_config is None and sam_scale == "test" and file_config.family == config.family:
+            config = replace(config, sam=file_config.sam, out_dim=file_config.out_dim)
         diff = file_config.differences(config)
         if diff:
             raise CheckpointError(
                 f"{config_path} describes {file_config.describe()}, but this model name builds {config.describe()}:\n  "
                 + "\n  ".join(diff)
                 + "\n  fix: use the model name that matches the checkpoint (evf_sam for SAM-1, evf_sam2 for SAM-2), "
-                "or pass mm_extractor_scale= / sam_scale= / fusion= to match config.json"
+                "or pass mm_extractor_scale= / sam_scale= / fusion= to match config.json; a checkpoint of other sizes "
+                "loads with evf_sam_tiny / evf_sam2_tiny, which take the sizes config.json records"
             )
         net = load_pretrained(folder, config)
         tok = BeitTokenizer.from_path(tokenizer) if tokenizer else BeitTokenizer.from_folder(folder)
