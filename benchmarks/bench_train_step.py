@@ -27,7 +27,7 @@ import torch
 
 from evfbench.prep.shapes import build_shapes
 from evfbench.registry import get_model_card
-from evfbench.train import TrainConfig, Trainer, build_model, param_groups, set_trainable
+from evfbench.train import TrainConfig, Trainer, build_model, build_optimizer, param_groups, set_trainable
 from evfbench.train_data import TrainingData, train_tokenizer
 
 
@@ -36,9 +36,10 @@ def make_trainer(cfg: TrainConfig, fused: bool) -> tuple[Trainer, torch.optim.Op
     model = build_model(cfg, torch.device("cpu"), None)
     set_trainable(model.net.float().train(), cfg.train)
     trainer = Trainer(model, cfg, torch.device("cpu"))
-    optimizer = torch.optim.AdamW(param_groups(model.net, cfg, trainer.heads()), lr=cfg.lr, betas=tuple(cfg.betas),
-                                  fused=fused)
-    return trainer, optimizer
+    groups = param_groups(model.net, cfg, trainer.heads())
+    if fused:  # exactly what evfbench.train builds
+        return trainer, build_optimizer(cfg, groups, torch.device("cpu"))
+    return trainer, torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=False)
 
 
 def run(trainer: Trainer, optimizer: torch.optim.Optimizer, data: TrainingData, cfg: TrainConfig, start: int,
