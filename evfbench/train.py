@@ -27,7 +27,10 @@ trains the SAM parts alone with box prompts of the targets (stock prompt encoder
 ``--point-prob P`` a share P of them get one point of the mask instead, as SAM trains on
 both); its ``model/sam.safetensors`` has the stock ``segment_anything`` key names and is a
 ``--sam-checkpoint`` for a text stage: the way to get a "pretrained SAM" for tiny models
-trained from scratch. ``--init`` a text-only run with ``--model-args fusion=early`` continues
+trained from scratch. ``--stage sam_categories`` comes before it for such models: the SAM image
+encoder alone learns the category of every pixel (``--category-aux``, 1.0 by default, is its
+only loss), which box prompts never ask of it; its output is a ``--sam-checkpoint`` for
+``sam_boxes``. ``--init`` a text-only run with ``--model-args fusion=early`` continues
 its parameters as early fusion (text first, then fusion: how ``evf_sam_tiny.shapes`` was made).
 
 Auxiliary losses for models trained from scratch (heads kept in ``trainer_state.pt``, never in
@@ -43,10 +46,11 @@ Output folder::
                                              masks since the previous row), lr, samples_per_s (images / s,
                                              all processes), elapsed_s
     <output-dir>/eval_log.csv                step, split, ciou, giou, n_sentences (periodic evaluation;
-                                             sam_boxes with --point-prob also <split>:points)
+                                             sam_boxes with --point-prob also <split>:points;
+                                             sam_categories: <split>:categories, per image and category)
     <output-dir>/loss_curve.png              loss and evaluation cIoU against the step
     <output-dir>/checkpoints/step-NNNNNN/    official layout (config.json, model.safetensors, tokenizer)
-                                             or sam.safetensors (sam_boxes), plus trainer_state.pt
+                                             or sam.safetensors (sam_boxes, sam_categories), plus trainer_state.pt
     <output-dir>/checkpoints/LATEST          name of the newest complete checkpoint
     <output-dir>/model/                      the final weights (``weights=`` of evfbench.run)
 
@@ -87,7 +91,8 @@ from evfbench.train_data import Example, Item, TrainingData, train_tokenizer
 __all__ = ["TrainConfig", "MODULES", "mask_losses", "trainable_modules", "set_trainable", "train", "main"]
 
 MODULES = ("image_encoder", "prompt_encoder", "mask_decoder", "mm_encoder", "projector")
-STAGES = ("text", "sam_boxes")
+STAGES = ("text", "sam_boxes", "sam_categories")
+SAM_STAGES = ("sam_boxes", "sam_categories")  # stages that train SAM alone and save its stock state dict
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAM_FILE = "sam.safetensors"
@@ -111,9 +116,9 @@ class TrainConfig:
 
     model: str = "evf_sam"  # registered model name; its card gives the architecture
     model_args: dict[str, Any] = field(default_factory=dict)  # builder arguments (sizes, fusion, ...)
-    stage: str = "text"  # text | sam_boxes
+    stage: str = "text"  # text | sam_boxes | sam_categories
     init: str | None = None  # EVF-SAM folder in the official layout (weights=)
-    sam_checkpoint: str | None = None  # original SAM file, or a sam_boxes output folder
+    sam_checkpoint: str | None = None  # original SAM file, or a sam_boxes / sam_categories output folder
     beit3_checkpoint: str | None = None  # beit3_large_patch16_224.pth
     tokenizer: str | None = None  # folder or .model file, when init gives none
     tokenizer_vocab: int = 0  # > 0: train a SentencePiece model of this size on the training sentences
@@ -183,6 +188,10 @@ class TrainConfig:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.category_aux < 0:
             raise TrainError(f"category_aux must be >= 0; got {self.category_aux}")
+        if self.stage == "sam_categories" and (self.category_aux <= 0 or self.train != ["image_encoder"]):
+            raise TrainError("--stage sam_categories trains the SAM image encoder alone on the per-pixel category loss "
+                             f"(category_aux {self.category_aux}, train {self.train})\n"
+                             "  fix: set --category-aux to a weight > 0 and --train image_encoder")
         if self.category_aux > 0 and "image_encoder" not in self.train:
             raise TrainError("category_aux trains the SAM image encoder, but --train does not name image_encoder\n"
                              "  fix: add image_encoder to --train or set --category-aux 0")
@@ -373,20 +382,16 @@ class Trainer(nn.Module):
     def forward(self, examples: list[Example]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """-> (loss to back-propagate, its :data:`LOSS_PARTS` detached), each summed over the masks."""
         grounding_sum = torch.zeros((), device=self.device)
-        if self.cfg.stage == "sam_boxes":
+        low_res = None
+        if self.cfg.stage == "sam_categories":
+            feats = self._sam_features(examples)
+        elif self.cfg.stage == "sam_boxes":
             low_res, feats = self._boxes(examples, self.cfg.point_prob)
         else:
             low_res, feats, grounding_sum = self._texts(examples)
         bce_sum = dice_sum = torch.zeros((), device=self.device)
-        row = 0
-        for ex, f in zip(examples, feats):
-            size = ex.masks.shape[1:]
-            logits = self.net.backend.postprocess(low_res[row : row + len(ex.masks)], f, size)
-            targets = torch.from_numpy(ex.masks).to(self.device)
-            for t in range(len(ex.masks)):
-                bce, dice = mask_losses(logits[t], targets[t])
-                bce_sum, dice_sum = bce_sum + bce, dice_sum + dice
-            row += len(ex.masks)
+        if low_res is not None:  # sam_categories decodes no mask
+            bce_sum, dice_sum = self._mask_losses(examples, feats, low_res)
         category_sum = torch.zeros((), device=self.device)
         if self.category_head is not None:
             for ex, f in zip(examples, feats):  # weighted like a mask loss: by the example's masks
@@ -396,15 +401,33 @@ class Trainer(nn.Module):
         parts = {"bce": bce_sum, "dice": dice_sum, "category": category_sum, "grounding": grounding_sum}
         return loss_sum, {k: v.detach() for k, v in parts.items()}
 
-    def _category_loss(self, ex: Example, features: Any) -> torch.Tensor:
-        """Per-pixel cross-entropy of the category head over the resized image (padding ignored)."""
-        assert self.category_head is not None and ex.categories is not None and features.input_size is not None
+    def _mask_losses(self, examples: list[Example], feats: list[Any], low_res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed BCE and dice of every target, on logits at the original image size."""
+        bce_sum = dice_sum = torch.zeros((), device=self.device)
+        row = 0
+        for ex, f in zip(examples, feats):
+            logits = self.net.backend.postprocess(low_res[row : row + len(ex.masks)], f, ex.masks.shape[1:])
+            targets = torch.from_numpy(ex.masks).to(self.device)
+            for t in range(len(ex.masks)):
+                bce, dice = mask_losses(logits[t], targets[t])
+                bce_sum, dice_sum = bce_sum + bce, dice_sum + dice
+            row += len(ex.masks)
+        return bce_sum, dice_sum
+
+    def category_logits(self, features: Any) -> torch.Tensor:
+        """``(1, classes, h, w)``: the category head over the resized image (padding cropped)."""
+        assert self.category_head is not None and features.input_size is not None
         h, w = features.input_size
         size = self.net.backend.img_size
-        logits = F.interpolate(self.category_head(features.image_embed.float()), size=(size, size), mode="bilinear",
-                               align_corners=False)[:, :, :h, :w]
+        return F.interpolate(self.category_head(features.image_embed.float()), size=(size, size), mode="bilinear",
+                             align_corners=False)[:, :, :h, :w]
+
+    def _category_loss(self, ex: Example, features: Any) -> torch.Tensor:
+        """Per-pixel cross-entropy of the category head over the resized image."""
+        assert ex.categories is not None
+        logits = self.category_logits(features)
         labels = torch.from_numpy(ex.categories).to(self.device)[None, None].float()
-        labels = F.interpolate(labels, size=(h, w), mode="nearest")[0].long()
+        labels = F.interpolate(labels, size=logits.shape[-2:], mode="nearest")[0].long()
         return F.cross_entropy(logits, labels)
 
     def _texts(self, examples: list[Example]) -> tuple[torch.Tensor, list[Any], torch.Tensor]:
@@ -469,9 +492,12 @@ class Trainer(nn.Module):
 
 # ---- evaluation ------------------------------------------------------------------------------
 def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | None,
-             points: bool = False) -> dict[str, float]:
+             points: bool = False, category_ids: list[int] | None = None) -> dict[str, float]:
     """cIoU / gIoU of the current weights on ``split``: prompted by the texts, or for ``sam_boxes``
-    by the target boxes (``points``: by one point of each target, drawn with the image id as seed)."""
+    by the target boxes (``points``: by one point of each target, drawn with the image id as seed),
+    or for ``sam_categories`` per (image, category): the pixels the category head labels with it
+    against that category's instances (the masks of ``[semantic] {category}`` prompts);
+    ``category_ids[k - 1]`` is the head's class ``k``."""
     from evfbench.data.refer import load_split
     from evfbench.metrics import MetricAccumulator, intersection_union
     from evfbench.registry import get_split
@@ -482,6 +508,9 @@ def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | 
     with torch.no_grad():
         for g in groups:
             image = g.load_image()
+            if trainer.cfg.stage == "sam_categories":
+                _semantic_iou(trainer, g, image, category_ids or [], acc)
+                continue
             if trainer.cfg.stage == "sam_boxes":
                 item = Item(-1, g.image_id, tuple(range(len(g.samples))), False, prompt_seed=g.image_id)
                 masks = np.stack([g.target_mask(s) for s in g.samples])
@@ -494,6 +523,23 @@ def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | 
                 acc.add(*intersection_union(mask, g.target_mask(sample)))
     m = acc.compute()
     return {"ciou": m["ciou"], "giou": m["giou"], "n_sentences": acc.n}
+
+
+def _semantic_iou(trainer: Trainer, group: Any, image: np.ndarray, category_ids: list[int], acc: Any) -> None:
+    """Add each category of ``group``'s annotations to ``acc``: predicted class map against the union of its instances."""
+    from evfbench.metrics import intersection_union
+
+    net = trainer.net
+    feats = net.backend.encode(net.visual_model, image, trainer.device)
+    logits = F.interpolate(trainer.category_logits(feats), size=image.shape[:2], mode="bilinear", align_corners=False)
+    pred = logits[0].argmax(0).cpu().numpy()
+    cls = {c: k + 1 for k, c in enumerate(category_ids)}
+    for cat in sorted({a.category_id for a in group.annotations.values()}):
+        target = np.zeros(image.shape[:2], dtype=bool)
+        for a in group.annotations.values():
+            if a.category_id == cat:
+                target |= a.mask(group.height, group.width)
+        acc.add(*intersection_union(pred == cls.get(cat, -1), target))
 
 
 # ---- output files ----------------------------------------------------------------------------
@@ -549,11 +595,11 @@ def plot_curves(path: Path, log: list[dict[str, Any]], evals: list[dict[str, Any
 
 # ---- checkpoints -----------------------------------------------------------------------------
 def save_weights(model: Any, cfg: TrainConfig, folder: Path, dtype: str = "fp32") -> None:
-    """The official layout (text stage) or the stock SAM state dict (``sam_boxes``), floating
+    """The official layout (text stage) or the stock SAM state dict (:data:`SAM_STAGES`), floating
     tensors stored as ``dtype``."""
     from evfbench.models.checkpoint import save_safetensors
 
-    if cfg.stage == "sam_boxes":
+    if cfg.stage in SAM_STAGES:
         cast = PRECISIONS[dtype]
         state = {k: v.to(cast) if v.is_floating_point() else v for k, v in model.net.visual_model.state_dict().items()}
         save_safetensors(folder / SAM_FILE, state)
@@ -595,11 +641,12 @@ def save_checkpoint(model: Any, cfg: TrainConfig, output_dir: Path, state: dict[
 
 # ---- building --------------------------------------------------------------------------------
 def resolve_sam_checkpoint(path: str) -> str:
-    """A ``sam_boxes`` output folder (``model/`` or a checkpoint) stands for its ``sam.safetensors``."""
+    """A ``sam_boxes`` / ``sam_categories`` output folder (``model/`` or a checkpoint) stands for its ``sam.safetensors``."""
     p = Path(path)
     if p.is_dir():
         if not (p / SAM_FILE).is_file():
-            raise TrainError(f"--sam-checkpoint {p} is a folder without {SAM_FILE}; pass a SAM file or a sam_boxes output")
+            raise TrainError(f"--sam-checkpoint {p} is a folder without {SAM_FILE}; pass a SAM file or a sam_boxes / "
+                             "sam_categories output")
         return str(p / SAM_FILE)
     return path
 
@@ -631,8 +678,8 @@ def build_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None
     model = create_model(cfg.model, device=device, **args)
     if not hasattr(model, "net") or not hasattr(model.net, "visual_model"):
         raise TrainError(f"--model {cfg.model} is not an EVF-SAM model; evfbench.train trains evf_sam / evf_sam2 architectures")
-    if cfg.stage == "sam_boxes" and model.config.family != "sam":
-        raise TrainError("--stage sam_boxes trains SAM-1 (segment_anything) models only")
+    if cfg.stage in SAM_STAGES and model.config.family != "sam":
+        raise TrainError(f"--stage {cfg.stage} trains SAM-1 (segment_anything) models only")
     trained_as = model.config.fusion
     if switch_to is not None and switch_to != trained_as:
         try:
@@ -655,7 +702,7 @@ def attach_tokenizer(model: Any, cfg: TrainConfig, data: TrainingData, output_di
     curriculum stage learns the words of the later ones without sampling them."""
     from evfbench.models.tokenizer import BeitTokenizer
 
-    if model.tokenizer is not None or cfg.stage == "sam_boxes":
+    if model.tokenizer is not None or cfg.stage in SAM_STAGES:
         return
     if cfg.tokenizer_vocab <= 0:
         raise TrainError("the model has no tokenizer: pass --init (a folder with one), --tokenizer FOLDER_OR_SPM_FILE, "
@@ -775,8 +822,9 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                 return
             kinds = [False, True] if cfg.stage == "sam_boxes" and cfg.point_prob > 0 else [False]
             for points in kinds:
-                m = evaluate(trainer, cfg.val_split, data_root, cfg.eval_limit, points=points)
-                split = f"{cfg.val_split}:points" if points else cfg.val_split
+                m = evaluate(trainer, cfg.val_split, data_root, cfg.eval_limit, points=points, category_ids=data.category_ids)
+                suffix = ":points" if points else ":categories" if cfg.stage == "sam_categories" else ""
+                split = cfg.val_split + suffix
                 evals.append({"step": step, "split": split, "ciou": f"{m['ciou']:.6f}", "giou": f"{m['giou']:.6f}",
                               "n_sentences": m["n_sentences"]})
                 tqdm.write(f"step {step}: {split} cIoU {m['ciou']:.4f} gIoU {m['giou']:.4f}")
@@ -847,8 +895,11 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                 now = time.perf_counter()
                 rate = window["images"] / max(now - window["t"], 1e-9)
                 loss = cfg.bce_weight * mean["bce"] + cfg.dice_weight * mean["dice"]
+                if cfg.stage == "sam_categories":  # its one loss
+                    loss = cfg.category_aux * mean["category"]
                 lr = optimizer.param_groups[0]["lr"] / cfg.lr_scales.get(optimizer.param_groups[0]["name"], 1.0)
-                logged = {"bce": True, "dice": True, "category": cfg.category_aux > 0, "grounding": cfg.grounding_aux > 0}
+                masks = cfg.stage != "sam_categories"
+                logged = {"bce": masks, "dice": masks, "category": cfg.category_aux > 0, "grounding": cfg.grounding_aux > 0}
                 log.append({"step": done, "loss": f"{loss:.6f}",
                             **{key: f"{mean[key]:.6f}" if logged[key] else "" for key in LOSS_PARTS},
                             "lr": f"{lr:.6g}", "samples_per_s": f"{rate:.2f}", "elapsed_s": f"{now - t0:.1f}"})
@@ -897,7 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-args", help="builder arguments k=v,k2=v2 (YAML values), merged over the config's")
     p.add_argument("--stage", choices=STAGES)
     p.add_argument("--init", help="EVF-SAM folder in the official layout to start from")
-    p.add_argument("--sam-checkpoint", help="original SAM file, or a --stage sam_boxes output folder")
+    p.add_argument("--sam-checkpoint", help="original SAM file, or a --stage sam_boxes / sam_categories output folder")
     p.add_argument("--beit3-checkpoint", help="beit3_large_patch16_224.pth")
     p.add_argument("--tokenizer", help="tokenizer folder or SentencePiece .model file")
     p.add_argument("--tokenizer-vocab", type=int, help="train a SentencePiece tokenizer of this size on the data")
@@ -951,6 +1002,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.from_dict(data, str(args.config or "the command line"))
     if cfg.stage == "sam_boxes" and "train" not in data:
         cfg.train = ["image_encoder", "prompt_encoder", "mask_decoder"]
+    if cfg.stage == "sam_categories":
+        cfg.train = cfg.train if "train" in data else ["image_encoder"]
+        cfg.category_aux = cfg.category_aux if "category_aux" in data else 1.0
     if args.freeze:
         cfg.train = [m for m in cfg.train if m not in args.freeze]
         unknown = [m for m in args.freeze if m not in MODULES]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import sentencepiece
 import torch
+import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
@@ -308,6 +309,55 @@ def test_category_aux_trains_the_sam_encoder_and_resumes_bit_identically(data_ro
     plain = load_file(str(train(tiny_config(data_root, **boxes), tmp_path / "plain", progress=False) / "sam.safetensors"))
     key = "image_encoder.patch_embed.proj.weight"
     assert not torch.equal(whole[key], plain[key])  # the category loss reaches the encoder
+
+
+def test_sam_categories_stage_trains_the_encoder_alone_and_feeds_sam_boxes(data_root: Path, tmp_path: Path) -> None:
+    cfg = config_from_args(build_parser().parse_args(["--output-dir", str(tmp_path), "--stage", "sam_categories"]))
+    assert (cfg.train, cfg.category_aux) == (["image_encoder"], 1.0)  # the stage's defaults
+    cats = tiny_config(data_root, stage="sam_categories", train=["image_encoder"], category_aux=1.0, steps=6,
+                       val_split="shapes_val", eval_every=3, eval_limit=3)
+    torch.manual_seed(0)  # as train() does before it builds the model
+    init = build_model(cats, torch.device("cpu"), None).net.visual_model.state_dict()
+    out = train(cats, tmp_path / "cats", progress=False)
+    sam = load_file(str(out / "sam.safetensors"))
+    moved = {k.split(".")[0] for k in sam if not torch.equal(sam[k], init[k])}
+    assert moved == {"image_encoder"}  # the prompt encoder and the mask decoder stay as built
+    log = read_csv(tmp_path / "cats" / "train_log.csv")
+    assert all(r["bce"] == r["dice"] == "" and r["loss"] == r["category"] for r in log)
+    assert float(log[-1]["category"]) < float(log[0]["category"])
+    evals = read_csv(tmp_path / "cats" / "eval_log.csv")
+    assert [(r["step"], r["split"]) for r in evals] == [("3", "shapes_val:categories"), ("6", "shapes_val:categories")]
+    assert all(0 <= float(r["ciou"]) <= 1 and int(r["n_sentences"]) > 0 for r in evals)
+    boxes = train(tiny_config(data_root, stage="sam_boxes", train=["image_encoder", "prompt_encoder", "mask_decoder"],
+                              sam_checkpoint=str(out), steps=1, lr=0.0), tmp_path / "boxes", progress=False)
+    assert all(torch.equal(v, sam[k]) for k, v in load_file(str(boxes / "sam.safetensors")).items())  # it starts there
+    for bad in (dict(category_aux=0.0), dict(train=["image_encoder", "mask_decoder"])):
+        with pytest.raises(TrainError, match="sam_categories trains the SAM image encoder alone"):
+            dataclasses.replace(cats, **bad).validate()
+
+
+def test_category_evaluation_scores_each_category_of_each_image(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evfbench.data.refer import load_split
+    from evfbench.metrics import MetricAccumulator
+    from evfbench.registry import get_split
+
+    cfg = tiny_config(data_root, stage="sam_categories", train=["image_encoder"], category_aux=1.0)
+    ids = TrainingData(["shapes"], None, data_root).category_ids
+    torch.manual_seed(0)
+    trainer = Trainer(build_model(cfg, torch.device("cpu"), None), cfg, torch.device("cpu"), len(ids))
+    group = max(load_split(get_split("shapes_val"), data_root), key=lambda g: len({a.category_id for a in g.annotations.values()}))
+    image = group.load_image()
+    classes = np.zeros(image.shape[:2], dtype=np.int64)
+    for a in group.annotations.values():  # later annotations on top, as the category map
+        classes[a.mask(group.height, group.width)] = ids.index(a.category_id) + 1
+    n_categories = len({a.category_id for a in group.annotations.values()})
+    assert n_categories >= 2
+    for shift, expected in ((0, 1.0), (1, 0.0)):  # the true classes, then every class renamed
+        one_hot = F.one_hot(torch.from_numpy((classes + shift) % (len(ids) + 1)), len(ids) + 1)
+        monkeypatch.setattr(trainer, "category_logits", lambda feats: one_hot.permute(2, 0, 1)[None].float())
+        acc = MetricAccumulator()
+        train_module._semantic_iou(trainer, group, image, ids, acc)
+        assert acc.n == n_categories and acc.compute()["ciou"] == pytest.approx(expected)
 
 
 def test_point_prompts_are_drawn_from_the_mask(data_root: Path) -> None:
