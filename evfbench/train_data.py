@@ -17,7 +17,11 @@ A ``--data`` entry is ``NAME`` (every sentence of the train split) or ``NAME:VIE
   multitask mix, made from the dataset's own instance annotations (train images only);
 - ``NAME:KIND[+KIND...]``: only the sentences of these grammar rules, for corpora that record
   a ``kind`` per sentence (``shapes``): ``shapes:attribute+comparative+hidden`` is its
-  location-free part, the counterpart of RefCOCO+ for a curriculum.
+  location-free part, the counterpart of RefCOCO+ for a curriculum;
+- ``shapes:named=LABEL[/LABEL...]``: only the "attribute" sentences that name exactly these
+  attributes, as :func:`evfbench.prep.shapes.attribute_words` labels them (``colour``,
+  ``size+colour``, ``category``, ...): ``shapes:named=colour/size+colour`` is the colour words
+  without the category words, the first step of a curriculum that teaches one at a time.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ from evfbench.data.types import ImageGroup, Sample
 from evfbench.errors import EvfbenchError
 from evfbench.registry import get_split
 
-__all__ = ["flip_text", "Item", "Example", "TrainingData", "resolve_train_split", "semantic_samples", "source_groups",
-           "train_tokenizer", "SEMANTIC"]
+__all__ = ["flip_text", "Item", "Example", "TrainingData", "resolve_train_split", "semantic_samples", "named_sentences",
+           "source_groups", "train_tokenizer", "SEMANTIC"]
 
 SEMANTIC = "[semantic]"  # the multitask checkpoints' added token; semantic prompts are "[semantic] {category}"
 
@@ -131,6 +135,22 @@ def semantic_samples(group: ImageGroup, names: dict[int, str]) -> list[Sample]:
             for cat, ids in sorted(by_category.items())]
 
 
+def named_sentences(spec: str, card: SplitCard, data_root: Path | None) -> set[int]:
+    """The ``sent_id`` of every sentence that the ``named=`` view of ``spec`` keeps (see the module docstring)."""
+    from evfbench.prep.shapes import DATASET, attribute_words
+
+    if card.dataset != DATASET:
+        raise EvfbenchError(f"--data {spec}: the named= view reads the attribute words of the {DATASET} corpus; "
+                            f"{card.name} is {card.dataset}\n  fix: use a kind view (NAME:KIND) or no view")
+    named = attribute_words(data_root)
+    wanted = set(spec.partition(":named=")[2].split("/"))
+    known = set(named.values()) - {"other kinds"}
+    if wanted - known:
+        raise EvfbenchError(f"--data {spec}: no \"attribute\" sentence names {', '.join(sorted(wanted - known))}\n"
+                            f"  fix: use labels among {', '.join(sorted(known))}, separated by /")
+    return {sent_id for sent_id, label in named.items() if label in wanted}
+
+
 def source_groups(spec: str, data_root: Path | None) -> tuple[SplitCard, list[ImageGroup]]:
     """The train split of one ``--data`` entry (``NAME`` or ``NAME:VIEW``, see the module
     docstring) as image groups; groups left without a sample are dropped."""
@@ -140,6 +160,9 @@ def source_groups(spec: str, data_root: Path | None) -> tuple[SplitCard, list[Im
     if view == "semantic":
         names = category_names(card, data_root)
         groups = [replace(g, samples=semantic_samples(g, names)) for g in groups]
+    elif view.startswith("named="):
+        keep = named_sentences(spec, card, data_root)
+        groups = [replace(g, samples=[s for s in g.samples if s.sent_id in keep]) for g in groups]
     elif view:
         wanted = set(view.split("+"))
         recorded = {s.kind for g in groups for s in g.samples} - {""}

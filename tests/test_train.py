@@ -111,6 +111,19 @@ def test_kind_view_keeps_the_sentences_of_those_kinds(data_root: Path) -> None:
         TrainingData(["shapes:attribute+bogus"], None, data_root)
 
 
+def test_named_view_keeps_the_attribute_sentences_that_name_those_attributes(data_root: Path) -> None:
+    from evfbench.prep.shapes import CATEGORY_IDS, COLORS
+
+    everything = [s for g in TrainingData(["shapes"], None, data_root).groups[0] for s in g.samples]
+    colour = [s for g in TrainingData(["shapes:named=colour/size+colour"], None, data_root).groups[0] for s in g.samples]
+    assert colour and all(s.kind == "attribute" for s in colour)
+    for s in everything:  # kept exactly when it names a colour and no category
+        words = set(s.text.split())
+        assert (s in colour) == (s.kind == "attribute" and bool(words & set(COLORS)) and not words & set(CATEGORY_IDS))
+    with pytest.raises(EvfbenchError, match=r'no "attribute" sentence names colour\+bogus'):
+        TrainingData(["shapes:named=colour+bogus"], None, data_root)
+
+
 def test_a_source_of_weight_zero_gives_only_its_words(data_root: Path) -> None:
     data = TrainingData(["shapes:attribute", "shapes"], [1, 0], data_root)
     assert {i.source for step in range(20) for i in data.global_batch(0, step, 8, 3, 0.5)} == {0}
@@ -123,6 +136,8 @@ def test_views_of_a_refer_dataset(tmp_path: Path) -> None:
     assert [(s.text, s.ann_ids) for s in group.samples] == [("[semantic] blob", (301,))]
     with pytest.raises(EvfbenchError, match="record no kind"):
         TrainingData(["refcoco:attribute"], None, tmp_path)
+    with pytest.raises(EvfbenchError, match="the named= view reads the attribute words of the shapes corpus"):
+        TrainingData(["refcoco:named=colour"], None, tmp_path)
     with pytest.raises(EvfbenchError, match="does not list"):
         semantic_samples(group, {})
 
