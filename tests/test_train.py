@@ -294,7 +294,7 @@ def test_optimizer_is_fused_on_cpu_and_a_resumed_state_keeps_its_kernel(name: st
 def test_shipped_training_configs_are_valid() -> None:
     from evfbench.cards import registry_root
 
-    configs = sorted((registry_root() / "weights").glob("*/*config.yaml"))
+    configs = sorted((registry_root() / "weights").glob("**/*config.yaml"))
     assert len(configs) >= 3
     for path in configs:  # the commands in each TRAINING.md run these files
         TrainConfig.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), str(path)).validate()
