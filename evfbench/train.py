@@ -498,20 +498,26 @@ def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | 
     or for ``sam_categories`` per (image, category): the pixels the category head labels with it
     against that category's instances (the masks of ``[semantic] {category}`` prompts);
     ``category_ids[k - 1]`` is the head's class ``k``."""
-    from evfbench.data.refer import load_split
+    from evfbench.data.refer import category_names, load_split
     from evfbench.metrics import MetricAccumulator, intersection_union
     from evfbench.registry import get_split
     from evfbench.run import limit_groups
+    from evfbench.train_data import semantic_samples
 
     acc = MetricAccumulator()
-    groups = limit_groups(load_split(get_split(split), data_root), limit)
+    card = get_split(split)
+    groups = limit_groups(load_split(card, data_root), limit)
+    if trainer.cfg.stage == "sam_categories":  # the targets of the [semantic] view
+        names = category_names(card, data_root)
+        groups = [dataclasses.replace(g, samples=semantic_samples(g, names)) for g in groups]
+        classes = {c: k + 1 for k, c in enumerate(category_ids or [])}
     with torch.no_grad():
         for g in groups:
             image = g.load_image()
             if trainer.cfg.stage == "sam_categories":
-                _semantic_iou(trainer, g, image, category_ids or [], acc)
-                continue
-            if trainer.cfg.stage == "sam_boxes":
+                labels = predicted_categories(trainer, image)
+                pred = [labels == classes.get(s.category_id, -1) for s in g.samples]
+            elif trainer.cfg.stage == "sam_boxes":
                 item = Item(-1, g.image_id, tuple(range(len(g.samples))), False, prompt_seed=g.image_id)
                 masks = np.stack([g.target_mask(s) for s in g.samples])
                 ex = Example(item, image, g.texts, masks)
@@ -525,21 +531,12 @@ def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | 
     return {"ciou": m["ciou"], "giou": m["giou"], "n_sentences": acc.n}
 
 
-def _semantic_iou(trainer: Trainer, group: Any, image: np.ndarray, category_ids: list[int], acc: Any) -> None:
-    """Add each category of ``group``'s annotations to ``acc``: predicted class map against the union of its instances."""
-    from evfbench.metrics import intersection_union
-
+def predicted_categories(trainer: Trainer, image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` class of every pixel by the category head (0 = background; see :meth:`TrainingData.category_map`)."""
     net = trainer.net
     feats = net.backend.encode(net.visual_model, image, trainer.device)
     logits = F.interpolate(trainer.category_logits(feats), size=image.shape[:2], mode="bilinear", align_corners=False)
-    pred = logits[0].argmax(0).cpu().numpy()
-    cls = {c: k + 1 for k, c in enumerate(category_ids)}
-    for cat in sorted({a.category_id for a in group.annotations.values()}):
-        target = np.zeros(image.shape[:2], dtype=bool)
-        for a in group.annotations.values():
-            if a.category_id == cat:
-                target |= a.mask(group.height, group.width)
-        acc.add(*intersection_union(pred == cls.get(cat, -1), target))
+    return logits[0].argmax(0).cpu().numpy()
 
 
 # ---- output files ----------------------------------------------------------------------------
@@ -1002,9 +999,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.from_dict(data, str(args.config or "the command line"))
     if cfg.stage == "sam_boxes" and "train" not in data:
         cfg.train = ["image_encoder", "prompt_encoder", "mask_decoder"]
-    if cfg.stage == "sam_categories":
-        cfg.train = cfg.train if "train" in data else ["image_encoder"]
-        cfg.category_aux = cfg.category_aux if "category_aux" in data else 1.0
+    if cfg.stage == "sam_categories" and "train" not in data:
+        cfg.train = ["image_encoder"]
+    if cfg.stage == "sam_categories" and "category_aux" not in data:
+        cfg.category_aux = 1.0
     if args.freeze:
         cfg.train = [m for m in cfg.train if m not in args.freeze]
         unknown = [m for m in args.freeze if m not in MODULES]

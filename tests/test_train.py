@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import sentencepiece
 import torch
-import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
@@ -353,26 +352,25 @@ def test_sam_categories_stage_trains_the_encoder_alone_and_feeds_sam_boxes(data_
 
 def test_category_evaluation_scores_each_category_of_each_image(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from evfbench.data.refer import load_split
-    from evfbench.metrics import MetricAccumulator
     from evfbench.registry import get_split
 
     cfg = tiny_config(data_root, stage="sam_categories", train=["image_encoder"], category_aux=1.0)
     ids = TrainingData(["shapes"], None, data_root).category_ids
     torch.manual_seed(0)
     trainer = Trainer(build_model(cfg, torch.device("cpu"), None), cfg, torch.device("cpu"), len(ids))
-    group = max(load_split(get_split("shapes_val"), data_root), key=lambda g: len({a.category_id for a in g.annotations.values()}))
-    image = group.load_image()
-    classes = np.zeros(image.shape[:2], dtype=np.int64)
-    for a in group.annotations.values():  # later annotations on top, as the category map
-        classes[a.mask(group.height, group.width)] = ids.index(a.category_id) + 1
-    n_categories = len({a.category_id for a in group.annotations.values()})
-    assert n_categories >= 2
+    truth = {}  # image bytes -> true class map, later annotations on top, as the category map
+    for group in load_split(get_split("shapes_val"), data_root):
+        classes = np.zeros((group.height, group.width), dtype=np.int64)
+        for a in group.annotations.values():
+            classes[a.mask(group.height, group.width)] = ids.index(a.category_id) + 1
+        truth[group.load_image().tobytes()] = (classes, len({a.category_id for a in group.annotations.values()}))
+    n_categories = sum(n for _, n in truth.values())
+    assert n_categories > len(truth)  # some image holds two categories
     for shift, expected in ((0, 1.0), (1, 0.0)):  # the true classes, then every class renamed
-        one_hot = F.one_hot(torch.from_numpy((classes + shift) % (len(ids) + 1)), len(ids) + 1)
-        monkeypatch.setattr(trainer, "category_logits", lambda feats: one_hot.permute(2, 0, 1)[None].float())
-        acc = MetricAccumulator()
-        train_module._semantic_iou(trainer, group, image, ids, acc)
-        assert acc.n == n_categories and acc.compute()["ciou"] == pytest.approx(expected)
+        monkeypatch.setattr(train_module, "predicted_categories",
+                            lambda trainer, image: (truth[image.tobytes()][0] + shift) % (len(ids) + 1))
+        m = train_module.evaluate(trainer, "shapes_val", data_root, None, category_ids=ids)
+        assert m["n_sentences"] == n_categories and m["ciou"] == pytest.approx(expected)
 
 
 def test_point_prompts_are_drawn_from_the_mask(data_root: Path) -> None:
