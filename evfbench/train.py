@@ -693,6 +693,30 @@ def build_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None
     return model
 
 
+def carry_heads(trainer: Trainer, cfg: TrainConfig, announce: bool = True) -> None:
+    """Continue each auxiliary head from the checkpoint this run starts from (``init``, or a
+    ``sam_checkpoint`` checkpoint folder) when that run trained one of the same shape. A fresh
+    head at full weight first pulls the encoder towards its random classes: in a chained stage
+    the category loss restarted at 1.16 (its first 20 steps) where the previous one ended at 0.08."""
+    start = cfg.init or cfg.sam_checkpoint
+    state_file = Path(start) / STATE_FILE if start else None
+    if state_file is None or not state_file.is_file():
+        return  # a model/ folder, a file or a hub id: the heads start fresh
+    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    for name, head in trainer.heads().items():
+        saved = state.get(name)
+        if head is None or saved is None:
+            continue
+        own = head.state_dict()
+        if saved.keys() != own.keys() or any(saved[k].shape != v.shape for k, v in own.items()):
+            if announce:
+                print(f"{state_file}: its {name} has other shapes (another category set?); {name} starts fresh")
+            continue
+        head.load_state_dict(saved)
+        if announce:
+            print(f"{name} continues from {state_file}")
+
+
 def attach_tokenizer(model: Any, cfg: TrainConfig, data: TrainingData, output_dir: Path, ctx: Context) -> None:
     """Give a model built without one the tokenizer trained on the training sentences: every
     sentence of every ``--data`` source, also of a source with weight 0, which is how a first
@@ -783,6 +807,8 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
         net = model.net.float().train()
         set_trainable(net, cfg.train)
         trainer = Trainer(model, cfg, device, n_categories=len(data.category_ids))
+        if resume_from is None:
+            carry_heads(trainer, cfg, announce=ctx.is_main)
         module: nn.Module = trainer
         if ctx.enabled:
             module = nn.parallel.DistributedDataParallel(

@@ -420,6 +420,26 @@ def test_category_aux_in_a_text_stage_reaches_the_encoder(data_root: Path, tmp_p
         tiny_config(data_root, category_aux=1.0, train=["mm_encoder", "projector", "mask_decoder"]).validate()
 
 
+def test_a_chained_stage_continues_the_heads_of_the_checkpoint_it_starts_from(data_root: Path, tmp_path: Path) -> None:
+    def head(run: str, step: int) -> dict[str, torch.Tensor]:
+        return torch.load(tmp_path / run / "checkpoints" / f"step-{step:06d}" / "trainer_state.pt",
+                          weights_only=True)["category_head"]
+
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    boxes = dict(stage="sam_boxes", train=["image_encoder", "prompt_encoder", "mask_decoder"], category_aux=1.0)
+    train(tiny_config(data_root, steps=3, **boxes), tmp_path / "first", progress=False)
+    start = str(tmp_path / "first" / "checkpoints" / "step-000003")
+    train(tiny_config(data_root, steps=1, lr=0.0, sam_checkpoint=start, **boxes), tmp_path / "boxes", progress=False)
+    assert same(head("boxes", 1), head("first", 3))  # lr 0: the head is the one it started from
+    text = dict(train=["image_encoder", "mm_encoder", "projector", "mask_decoder"], category_aux=1.0)
+    model = train(tiny_config(data_root, steps=2, **text), tmp_path / "text", progress=False)
+    train(tiny_config(data_root, steps=1, lr=0.0, init=str(tmp_path / "text" / "checkpoints" / "step-000002"), **text),
+          tmp_path / "next", progress=False)
+    assert same(head("next", 1), head("text", 2))
+    train(tiny_config(data_root, steps=1, lr=0.0, init=str(model), **text), tmp_path / "fresh", progress=False)
+    assert not same(head("fresh", 1), head("text", 2))  # model/ holds no trainer state: the head starts fresh
+
+
 def test_patch_cover_is_the_target_share_of_each_beit3_patch(data_root: Path) -> None:
     cfg = tiny_config(data_root, grounding_aux=1.0)
     data = TrainingData(cfg.data, None, data_root)
