@@ -970,7 +970,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered EVF-SAM model (default evf_sam)")
     p.add_argument("--model-args", help="builder arguments k=v,k2=v2 (YAML values), merged over the config's")
     p.add_argument("--stage", choices=STAGES)
-    p.add_argument("--init", help="EVF-SAM folder in the official layout to start from")
+    p.add_argument("--init", help="EVF-SAM folder in the official layout to start from (a run's checkpoints/step-N "
+                   "also passes on its auxiliary heads)")
     p.add_argument("--sam-checkpoint", help="original SAM file, or a --stage sam_boxes / sam_categories output folder")
     p.add_argument("--beit3-checkpoint", help="beit3_large_patch16_224.pth")
     p.add_argument("--tokenizer", help="tokenizer folder or SentencePiece .model file")
