@@ -34,10 +34,10 @@ only loss), which box prompts never ask of it; its output is a ``--sam-checkpoin
 its parameters as early fusion (text first, then fusion: how ``evf_sam_tiny.shapes`` was made).
 
 Auxiliary losses for models trained from scratch (heads kept in ``trainer_state.pt``, never in
-the weights; a stage that starts from a checkpoint folder continues them): ``--category-aux`` (what each SAM embedding position shows) and
-``--grounding-aux`` (where the target is, on the early-fusion BEiT-3's vision tokens and image
-[CLS]); ``--beit3-position-std`` redraws BEiT-3's untrained vision positions at a scale the
-patches can carry.
+the weights; a stage that starts from a checkpoint folder continues them): ``--category-aux``
+(what each SAM embedding position shows) and ``--grounding-aux`` (where the target is, on the
+early-fusion BEiT-3's vision tokens and image [CLS]); ``--beit3-position-std`` redraws BEiT-3's
+untrained vision positions at a scale the patches can carry.
 
 Output folder::
 

@@ -420,7 +420,9 @@ def test_category_aux_in_a_text_stage_reaches_the_encoder(data_root: Path, tmp_p
         tiny_config(data_root, category_aux=1.0, train=["mm_encoder", "projector", "mask_decoder"]).validate()
 
 
-def test_a_chained_stage_continues_the_heads_of_the_checkpoint_it_starts_from(data_root: Path, tmp_path: Path) -> None:
+def test_a_chained_stage_continues_the_heads_of_the_checkpoint_it_starts_from(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     def head(run: str, step: int) -> dict[str, torch.Tensor]:
         return torch.load(tmp_path / run / "checkpoints" / f"step-{step:06d}" / "trainer_state.pt",
                           weights_only=True)["category_head"]
@@ -438,6 +440,16 @@ def test_a_chained_stage_continues_the_heads_of_the_checkpoint_it_starts_from(da
     assert same(head("next", 1), head("text", 2))
     train(tiny_config(data_root, steps=1, lr=0.0, init=str(model), **text), tmp_path / "fresh", progress=False)
     assert not same(head("fresh", 1), head("text", 2))  # model/ holds no trainer state: the head starts fresh
+    other = tmp_path / "other_categories"  # a checkpoint of a corpus with another category set
+    other.mkdir()
+    torch.save({"category_head": {"weight": torch.zeros(3, 64, 1, 1), "bias": torch.zeros(3)}}, other / "trainer_state.pt")
+    cfg = tiny_config(data_root, init=str(other), **text)
+    trainer = Trainer(build_model(tiny_config(data_root, **text), torch.device("cpu"), None), cfg, torch.device("cpu"),
+                      n_categories=6)
+    before = {k: v.clone() for k, v in trainer.category_head.state_dict().items()}
+    train_module.carry_heads(trainer, cfg)
+    assert same(trainer.category_head.state_dict(), before)
+    assert "category_head has other shapes (another category set?); category_head starts fresh" in capsys.readouterr().out
 
 
 def test_patch_cover_is_the_target_share_of_each_beit3_patch(data_root: Path) -> None:
