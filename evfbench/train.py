@@ -698,14 +698,16 @@ def carry_heads(trainer: Trainer, cfg: TrainConfig, announce: bool = True) -> No
     ``sam_checkpoint`` checkpoint folder) when that run trained one of the same shape. A fresh
     head at full weight first pulls the encoder towards its random classes: in a chained stage
     the category loss restarted at 1.16 (its first 20 steps) where the previous one ended at 0.08."""
+    heads = {name: head for name, head in trainer.heads().items() if head is not None}
     start = cfg.init or cfg.sam_checkpoint
-    state_file = Path(start) / STATE_FILE if start else None
+    state_file = Path(start) / STATE_FILE if heads and start else None
     if state_file is None or not state_file.is_file():
-        return  # a model/ folder, a file or a hub id: the heads start fresh
-    state = torch.load(state_file, map_location="cpu", weights_only=True)
-    for name, head in trainer.heads().items():
+        return  # no head, or a model/ folder, a file or a hub id: the heads start fresh
+    # mmap: only the heads are read, not the optimizer state beside them (GBs for a large model)
+    state = torch.load(state_file, map_location="cpu", weights_only=True, mmap=True)
+    for name, head in heads.items():
         saved = state.get(name)
-        if head is None or saved is None:
+        if saved is None:
             continue
         own = head.state_dict()
         if saved.keys() != own.keys() or any(saved[k].shape != v.shape for k, v in own.items()):
