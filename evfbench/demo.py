@@ -4,7 +4,8 @@
 2. evaluate the reference rows and every model whose card ships trained ``shapes`` weights
    on shapes val/testA/testB (resumable: a rerun only does what is missing);
 3. write the comparison tables (CSV, markdown, LaTeX), breakdowns of val by sentence kind and by
-   the attributes an "attribute" sentence names, and overlay galleries to ``reports/shapes``.
+   the attributes an "attribute" sentence names, what the wrong masks cover
+   (:mod:`evfbench.outcomes`), and overlay galleries to ``reports/shapes``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from evfbench import gallery, report, run
+from evfbench import gallery, outcomes, report, run
 from evfbench.cards import model_cards, registry_root
 from evfbench.data import default_data_root
 from evfbench.errors import cli
@@ -27,7 +28,9 @@ NOTE = ("Regenerate with `make demo` (`python -m evfbench.demo`): it builds the 
         "`shapes` weights with `python -m evfbench.run`, and writes this folder. `all_objects` and `largest` "
         "ignore the text: a model that reads the expression must beat them by a wide margin. "
         "[by_kind.md](by_kind.md) splits shapes_val by the grammar rule of each sentence, "
-        "[by_attribute.md](by_attribute.md) its 'attribute' sentences by the words that name the target.")
+        "[by_attribute.md](by_attribute.md) its 'attribute' sentences by the words that name the target, "
+        "[outcomes.md](outcomes.md) what each model's masks cover on shapes_val when they are wrong "
+        "(the target and other objects, another object, ...).")
 
 
 def trained_models() -> list[str]:
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}")
     kinds = report.breakdown([args.runs / f"{m}__shapes_val" for m in models], shapes.sentence_kinds(data_root))
     report.write_breakdown(kinds, args.reports, "by_kind", "cIoU (%) on shapes_val per sentence kind (data_prep/shapes.md, Grammar)")
+    table = outcomes.outcome_table([args.runs / f"{m}__shapes_val" for m in models if m != "oracle"], "shapes_val", data_root)
+    for path in outcomes.write_outcomes(table, args.reports, "shapes_val"):
+        print(f"wrote {path}")
     words = report.breakdown([args.runs / f"{m}__shapes_val" for m in models], shapes.attribute_words(data_root))
     report.write_breakdown(words, args.reports, "by_attribute",
                            "cIoU (%) on shapes_val 'attribute' sentences by the attributes they name (size, colour, category)")

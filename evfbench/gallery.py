@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import textwrap
 from pathlib import Path
@@ -23,7 +22,7 @@ from evfbench.data.masks import decode_rle
 from evfbench.errors import EvfbenchError, cli
 from evfbench.io import atomic_write_bytes
 from evfbench.registry import get_split
-from evfbench.results import RESULTS, iter_samples
+from evfbench.results import saved_masks, split_runs
 
 GT_COLOUR = np.array([0, 255, 255], dtype=np.uint8)
 PRED_COLOUR = np.array([255, 0, 255], dtype=np.uint8)
@@ -51,18 +50,10 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> np.ndarr
     return out
 
 
-def _masks_of(run: Path) -> tuple[str, dict[int, dict]]:
-    results = json.loads((run / RESULTS).read_text(encoding="utf-8"))
-    records = {r["sent_id"]: r for r in iter_samples(run) if "segmentation" in r}
-    if not records:
-        raise EvfbenchError(f"{run}/samples.jsonl holds no masks; fix: rerun the evaluation with --save-masks")
-    return results["model"], records
-
-
 def render_gallery(runs: list[Path], split: str, output: Path, data_root: Path | None = None, n: int = 8) -> Path:
     """Draw ``n`` sentences that every run scored, spread evenly over the split."""
     card = get_split(split)
-    models = [_masks_of(run) for run in runs]
+    models = [saved_masks(run) for run in runs]
     by_sent = {s.sent_id: (g, s) for g in load_split(card, data_root or default_data_root()) for s in g.samples}
     common = [sid for sid in by_sent if all(sid in recs for _, recs in models)]
     if not common:
@@ -106,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=8, help="sentences to draw")
     args = p.parse_args(argv)
     card = get_split(args.split)
-    wanted = [m for m in args.models.split(",") if m]
-    runs = sorted(d for d in args.runs.glob(f"*__{card.name}") if (d / RESULTS).is_file())
-    if wanted:
-        runs = [args.runs / f"{m}__{card.name}" for m in wanted]
+    runs = split_runs(args.runs, card.name, [m for m in args.models.split(",") if m])
     path = render_gallery(runs, card.name, args.output, args.data_root, args.n)
     print(f"wrote {path}")
     return 0

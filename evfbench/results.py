@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
+from evfbench.errors import EvfbenchError
 from evfbench.io import atomic_write_text
 
 SAMPLES = "samples.jsonl"
@@ -27,6 +28,14 @@ RUN = "run.json"
 
 def run_dir(output_dir: Path, model: str, split: str) -> Path:
     return Path(output_dir) / f"{model}__{split}"
+
+
+def split_runs(output_dir: Path, split: str, models: Iterable[str] = ()) -> list[Path]:
+    """The runs of ``split`` under ``output_dir``: of ``models`` in that order, else every finished one."""
+    wanted = list(models)
+    if wanted:
+        return [run_dir(output_dir, m, split) for m in wanted]
+    return sorted(d for d in Path(output_dir).glob(f"*__{split}") if (d / RESULTS).is_file())
 
 
 def part_path(folder: Path, rank: int) -> Path:
@@ -113,3 +122,12 @@ def load_results(root: Path) -> list[dict[str, Any]]:
         data["_dir"] = str(path.parent)
         out.append(data)
     return out
+
+
+def saved_masks(folder: Path) -> tuple[str, dict[int, dict[str, Any]]]:
+    """(model, sent_id -> record) of a finished run's sentences that carry a mask (``--save-masks``)."""
+    results = json.loads((folder / RESULTS).read_text(encoding="utf-8"))
+    records = {r["sent_id"]: r for r in iter_samples(folder) if "segmentation" in r}
+    if not records:
+        raise EvfbenchError(f"{folder}/{SAMPLES} holds no masks\n  fix: rerun the evaluation with --save-masks")
+    return results["model"], records

@@ -11,7 +11,10 @@ from PIL import Image
 
 from evfbench.data import load_split
 from evfbench.errors import EvfbenchError
+from evfbench.data.masks import encode_rle
+from evfbench.data.types import Annotation, ImageGroup, Sample
 from evfbench.gallery import GT_COLOUR, overlay, render_gallery
+from evfbench.outcomes import OUTCOMES, outcome, outcome_table, write_outcomes
 from evfbench.prep.shapes import attribute_words, build_shapes, sentence_kinds
 from evfbench.registry import get_split
 from evfbench.report import breakdown, write_breakdown, write_tables
@@ -120,3 +123,66 @@ def test_overlay_dims_outside_and_outlines_the_mask() -> None:
     assert (out[0, 0] == 70).all()  # 200 * 0.35
     assert (out[2, 2] == GT_COLOUR).all() and (out[2, 4] == GT_COLOUR).all()  # the border
     assert (out[3, 3] == 200).all()  # the inside keeps its colour
+
+
+def _squares() -> tuple[ImageGroup, Sample, dict[int, np.ndarray]]:
+    """A 20 x 30 image with three 6 x 6 squares (ids 1, 2, 3); the sentence names square 1."""
+    anns = {}
+    for i, x in enumerate((2, 12, 22), start=1):
+        m = np.zeros((20, 30), bool)
+        m[4:10, x : x + 6] = True
+        anns[i] = Annotation(i, 1, (x, 4, 6, 6), encode_rle(m))
+    sample = Sample(sent_id=1, ref_id=1, image_id=1, text="the left square", ann_ids=(1,))
+    group = ImageGroup(1, Path("1.png"), 20, 30, samples=[sample], annotations=anns)
+    return group, sample, {i: a.mask(20, 30) for i, a in anns.items()}
+
+
+def test_outcome_names_what_a_mask_covers() -> None:
+    group, sample, objects = _squares()
+    one, two, three = objects[1], objects[2], objects[3]
+    half_of_two = two & (np.arange(30) < 15)[None]  # 3 of its 6 columns: covers it (>= half)
+    background = np.zeros_like(one)
+    background[12:20] = True
+    cases = {
+        "correct": one,
+        "target + others": one | three | half_of_two,  # IoU 36 / 90
+        "poor mask": one | background,  # the target, and no other object, but IoU 36 / 276
+        "another object": two,
+        "other objects": two | three,
+        "no object": np.zeros_like(one),
+    }
+    assert list(cases) == list(OUTCOMES)
+    for expected, pred in cases.items():
+        assert outcome(pred, group, sample, objects) == expected, expected
+    # a third of an object does not cover it; half of the target does
+    third_of_two = two & (np.arange(30) < 14)[None]
+    assert outcome(one | background | third_of_two, group, sample, objects) == "poor mask"
+    assert outcome(one & (np.arange(30) < 5)[None] | background, group, sample, objects) == "poor mask"
+    assert outcome(half_of_two | three, group, sample, objects) == "other objects"
+
+
+def test_outcome_table_of_reference_rows(evaluated, tmp_path: Path) -> None:
+    root, runs, _ = evaluated
+    run(["all_objects"], ["shapes_val"], data_root=root, output_dir=runs, save_masks=True)
+    names = ["oracle", "largest", "all_objects"]
+    table = outcome_table([runs / f"{m}__shapes_val" for m in names], "shapes_val", root)
+    overall = table[table["kind"] == "all"].set_index("model")
+    assert list(overall.index) == names
+    n = len(list(iter_samples(runs / "oracle__shapes_val")))
+    assert (overall["sentences"] == n).all()
+    assert np.allclose(overall[list(OUTCOMES)].sum(axis=1), 100)
+    assert overall.loc["oracle", "correct"] == 100
+    # the largest object is one whole object: the target or another one
+    assert overall.loc["largest", ["correct", "another object"]].sum() == pytest.approx(100)
+    # every object: right when the target is the only object, else the target and others
+    assert overall.loc["all_objects", ["correct", "target + others"]].sum() == pytest.approx(100)
+    assert overall.loc["all_objects", "target + others"] > 0
+    by_kind = table[table["kind"] != "all"]
+    assert set(by_kind["kind"]) == set(sentence_kinds(root)[r["sent_id"]] for r in iter_samples(runs / "oracle__shapes_val"))
+    assert (by_kind.groupby("model")["sentences"].sum() == n).all()
+    paths = write_outcomes(table, tmp_path, "shapes_val")
+    assert [p.name for p in paths] == ["outcomes.csv", "outcomes.md", "outcomes.png"]
+    assert "| largest" in paths[1].read_text() and "## By sentence kind" in paths[1].read_text()
+    assert Image.open(paths[2]).format == "PNG"
+    with pytest.raises(EvfbenchError, match="--save-masks"):
+        outcome_table([runs / "empty__shapes_val"], "shapes_val", root)
