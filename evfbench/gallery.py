@@ -22,7 +22,7 @@ from evfbench.data.masks import decode_rle
 from evfbench.errors import EvfbenchError, cli
 from evfbench.io import atomic_write_bytes
 from evfbench.registry import get_split
-from evfbench.results import saved_masks, split_runs
+from evfbench.results import add_run_arguments, saved_masks, selected_runs
 
 GT_COLOUR = np.array([0, 255, 255], dtype=np.uint8)
 PRED_COLOUR = np.array([255, 0, 255], dtype=np.uint8)
@@ -89,16 +89,12 @@ def render_gallery(runs: list[Path], split: str, output: Path, data_root: Path |
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evfbench.gallery", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=Path, required=True, help="folder of <model>__<split> runs")
-    p.add_argument("--split", required=True)
-    p.add_argument("--models", default="", help="comma-separated models (default: every run of the split)")
+    add_run_arguments(p, "runs made with --save-masks")
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("-n", type=int, default=8, help="sentences to draw")
     args = p.parse_args(argv)
-    card = get_split(args.split)
-    runs = split_runs(args.runs, card.name, [m for m in args.models.split(",") if m])
-    path = render_gallery(runs, card.name, args.output, args.data_root, args.n)
+    split, runs = selected_runs(args)
+    path = render_gallery(runs, split, args.output, args.data_root, args.n)
     print(f"wrote {path}")
     return 0
 

@@ -40,7 +40,7 @@ from evfbench.data.types import ImageGroup, Sample
 from evfbench.errors import EvfbenchError, cli
 from evfbench.io import atomic_write_bytes, atomic_write_text
 from evfbench.registry import get_split
-from evfbench.results import saved_masks, split_runs
+from evfbench.results import add_run_arguments, saved_masks, selected_runs
 
 OUTCOMES = ("correct", "target + others", "poor mask", "another object", "other objects", "no object")
 COVER = 0.5  # share of an object's pixels a prediction must hold to cover it
@@ -136,16 +136,11 @@ def write_outcomes(table: pd.DataFrame, output_dir: Path, split: str, name: str 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evfbench.outcomes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=Path, required=True, help="folder of <model>__<split> runs made with --save-masks")
-    p.add_argument("--split", required=True)
-    p.add_argument("--models", default="", help="comma-separated models (default: every run of the split)")
+    add_run_arguments(p, "runs made with --save-masks")
     p.add_argument("--output-dir", type=Path, required=True)
-    p.add_argument("--data-root", type=Path, default=None)
     args = p.parse_args(argv)
-    card = get_split(args.split)
-    runs = split_runs(args.runs, card.name, [m for m in args.models.split(",") if m])
-    table = outcome_table(runs, card.name, args.data_root)
-    for path in write_outcomes(table, args.output_dir, card.name):
+    split, runs = selected_runs(args)
+    for path in write_outcomes(outcome_table(runs, split, args.data_root), args.output_dir, split):
         print(f"wrote {path}")
     return 0
 

@@ -13,6 +13,7 @@ dropped on resume. The part files are merged into ``samples.jsonl`` when the run
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -36,6 +37,22 @@ def split_runs(output_dir: Path, split: str, models: Iterable[str] = ()) -> list
     if wanted:
         return [run_dir(output_dir, m, split) for m in wanted]
     return sorted(d for d in Path(output_dir).glob(f"*__{split}") if (d / RESULTS).is_file())
+
+
+def add_run_arguments(p: argparse.ArgumentParser, what: str = "runs") -> None:
+    """The options of a tool that reads saved runs: ``--runs``, ``--split``, ``--models``, ``--data-root``."""
+    p.add_argument("--runs", type=Path, required=True, help=f"folder of <model>__<split> {what}")
+    p.add_argument("--split", required=True)
+    p.add_argument("--models", default="", help="comma-separated models (default: every run of the split)")
+    p.add_argument("--data-root", type=Path, default=None)
+
+
+def selected_runs(args: argparse.Namespace) -> tuple[str, list[Path]]:
+    """(split name, run folders) of the options :func:`add_run_arguments` added."""
+    from evfbench.registry import get_split
+
+    split = get_split(args.split).name
+    return split, split_runs(args.runs, split, [m for m in args.models.split(",") if m])
 
 
 def part_path(folder: Path, rank: int) -> Path:

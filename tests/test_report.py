@@ -15,6 +15,7 @@ from evfbench.data.masks import encode_rle
 from evfbench.data.types import Annotation, ImageGroup, Sample
 from evfbench.gallery import GT_COLOUR, overlay, render_gallery
 from evfbench.outcomes import OUTCOMES, outcome, outcome_table, write_outcomes
+from evfbench.outcomes import main as outcomes_main
 from evfbench.prep.shapes import attribute_words, build_shapes, sentence_kinds
 from evfbench.registry import get_split
 from evfbench.report import breakdown, write_breakdown, write_tables
@@ -186,3 +187,14 @@ def test_outcome_table_of_reference_rows(evaluated, tmp_path: Path) -> None:
     assert Image.open(paths[2]).format == "PNG"
     with pytest.raises(EvfbenchError, match="--save-masks"):
         outcome_table([runs / "empty__shapes_val"], "shapes_val", root)
+
+
+def test_outcomes_cli(evaluated, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, runs, _ = evaluated
+    argv = ["--runs", str(runs), "--split", "shapes_val", "--data-root", str(root), "--output-dir", str(tmp_path)]
+    assert outcomes_main(argv + ["--models", "largest,box"]) == 0
+    assert "outcomes.md" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "outcomes.csv")
+    assert list(table.loc[table["kind"] == "all", "model"]) == ["largest", "box"]
+    assert outcomes_main(argv + ["--models", "empty"]) == 2  # saved without masks: a message, not a traceback
+    assert "--save-masks" in capsys.readouterr().err
