@@ -53,7 +53,7 @@ def outcome(pred: np.ndarray, group: ImageGroup, sample: Sample, objects: dict[i
     inter, union = int((pred & target).sum()), int((pred | target).sum())
     if union == 0 or inter / union >= 0.5:
         return "correct"
-    hits_target = inter >= COVER * target.sum()
+    hits_target = target.any() and inter >= COVER * target.sum()  # a sentence may have no target
     others = [i for i, m in objects.items()
               if i not in sample.ann_ids and m.any() and (pred & m).sum() >= COVER * m.sum()]
     if hits_target:

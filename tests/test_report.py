@@ -160,6 +160,9 @@ def test_outcome_names_what_a_mask_covers() -> None:
     assert outcome(one | background | third_of_two, group, sample, objects) == "poor mask"
     assert outcome(one & (np.arange(30) < 5)[None] | background, group, sample, objects) == "poor mask"
     assert outcome(half_of_two | three, group, sample, objects) == "other objects"
+    nothing = Sample(sent_id=2, ref_id=2, image_id=1, text="the blue square", ann_ids=())  # no such object
+    assert outcome(np.zeros_like(one), group, nothing, objects) == "correct"
+    assert outcome(two, group, nothing, objects) == "another object"
 
 
 def test_outcome_table_of_reference_rows(evaluated, tmp_path: Path) -> None:
