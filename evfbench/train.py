@@ -47,8 +47,12 @@ Output folder::
                                              all processes), elapsed_s
     <output-dir>/eval_log.csv                step, split, ciou, giou, n_sentences (periodic evaluation;
                                              sam_boxes with --point-prob also <split>:points;
-                                             sam_categories: <split>:categories, per image and category)
+                                             sam_categories: <split>:categories, per image and category;
+                                             text stages on a corpus that records sentence kinds
+                                             (shapes) also <split>/<kind>, per kind)
     <output-dir>/loss_curve.png              loss and evaluation cIoU against the step
+    <output-dir>/kinds_curve.png             cIoU per sentence kind against the step (with those rows):
+                                             which words the model learns, and when
     <output-dir>/checkpoints/step-NNNNNN/    official layout (config.json, model.safetensors, tokenizer)
                                              or sam.safetensors (sam_boxes, sam_categories), plus trainer_state.pt
     <output-dir>/checkpoints/LATEST          name of the newest complete checkpoint
@@ -493,7 +497,8 @@ class Trainer(nn.Module):
 # ---- evaluation ------------------------------------------------------------------------------
 def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | None,
              points: bool = False, category_ids: list[int] | None = None) -> dict[str, float]:
-    """cIoU / gIoU of the current weights on ``split``: prompted by the texts, or for ``sam_boxes``
+    """cIoU / gIoU of the current weights on ``split`` (and under ``kinds``, per sentence kind
+    where the text stage's corpus records them): prompted by the texts, or for ``sam_boxes``
     by the target boxes (``points``: by one point of each target, drawn with the image id as seed),
     or for ``sam_categories`` per (image, category): the pixels the category head labels with it
     against that category's instances (the masks of ``[semantic] {category}`` prompts);
@@ -505,6 +510,7 @@ def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | 
     from evfbench.train_data import semantic_samples
 
     acc = MetricAccumulator()
+    by_kind: dict[str, MetricAccumulator] = {}
     card = get_split(split)
     groups = limit_groups(load_split(card, data_root), limit)
     if trainer.cfg.stage == "sam_categories":  # the targets of the [semantic] view
@@ -526,9 +532,14 @@ def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | 
             else:
                 pred = trainer.model.predict(image, g)
             for sample, mask in zip(g.samples, pred):
-                acc.add(*intersection_union(mask, g.target_mask(sample)))
+                scores = intersection_union(mask, g.target_mask(sample))
+                acc.add(*scores)
+                if sample.kind and trainer.cfg.stage == "text":
+                    by_kind.setdefault(sample.kind, MetricAccumulator()).add(*scores)
     m = acc.compute()
-    return {"ciou": m["ciou"], "giou": m["giou"], "n_sentences": acc.n}
+    kinds = {kind: {"ciou": k["ciou"], "giou": k["giou"], "n_sentences": a.n}
+             for kind, a in sorted(by_kind.items()) for k in [a.compute()]}
+    return {"ciou": m["ciou"], "giou": m["giou"], "n_sentences": acc.n, "kinds": kinds}
 
 
 def predicted_categories(trainer: Trainer, image: np.ndarray) -> np.ndarray:
@@ -584,6 +595,31 @@ def plot_curves(path: Path, log: list[dict[str, Any]], evals: list[dict[str, Any
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="upper right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_kinds(path: Path, evals: list[dict[str, Any]], title: str) -> None:
+    """cIoU of each sentence kind (the ``<split>/<kind>`` rows of the evaluation log) against the step."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name in sorted({r["split"] for r in evals}, key=lambda n: ("/" in n, n)):
+        rows = [r for r in evals if r["split"] == name]
+        label = name.split("/", 1)[1] + f" ({rows[-1]['n_sentences']})" if "/" in name else f"{name}, all"
+        ax.plot([int(r["step"]) for r in rows], [float(r["ciou"]) for r in rows], "o-", markersize=3, label=label,
+                color="black" if "/" not in name else None, linewidth=2 if "/" not in name else 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cIoU")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title}: cIoU per sentence kind (sentences)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -850,16 +886,20 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                 m = evaluate(trainer, cfg.val_split, data_root, cfg.eval_limit, points=points, category_ids=data.category_ids)
                 suffix = ":points" if points else ":categories" if cfg.stage == "sam_categories" else ""
                 split = cfg.val_split + suffix
-                evals.append({"step": step, "split": split, "ciou": f"{m['ciou']:.6f}", "giou": f"{m['giou']:.6f}",
-                              "n_sentences": m["n_sentences"]})
+                rows = [(split, m), *((f"{split}/{kind}", k) for kind, k in m["kinds"].items())]
+                evals.extend({"step": step, "split": name, "ciou": f"{r['ciou']:.6f}", "giou": f"{r['giou']:.6f}",
+                              "n_sentences": r["n_sentences"]} for name, r in rows)
                 tqdm.write(f"step {step}: {split} cIoU {m['ciou']:.4f} gIoU {m['giou']:.4f}")
 
         def write_logs() -> None:
             if ctx.is_main:
                 write_csv(output_dir / "train_log.csv", LOG_COLUMNS, log)
                 write_csv(output_dir / "eval_log.csv", EVAL_COLUMNS, evals)
+                title = f"{cfg.model} ({cfg.stage}) {output_dir.name}"
                 if log:
-                    plot_curves(output_dir / "loss_curve.png", log, evals, f"{cfg.model} ({cfg.stage}) {output_dir.name}")
+                    plot_curves(output_dir / "loss_curve.png", log, [r for r in evals if "/" not in r["split"]], title)
+                if any("/" in r["split"] for r in evals):
+                    plot_kinds(output_dir / "kinds_curve.png", evals, title)
 
         def checkpoint(step: int, elapsed: float) -> None:
             if ctx.is_main:

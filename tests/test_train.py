@@ -236,9 +236,15 @@ def test_run_writes_outputs_and_the_registry_loads_the_checkpoint(data_root: Pat
     assert set(cfg) == {f.name for f in dataclasses.fields(TrainConfig)} and cfg["lr"] == 1e-3
     log = (out / "train_log.csv").read_text().splitlines()
     assert log[0] == "step,loss,bce,dice,category,grounding,lr,samples_per_s,elapsed_s" and len(log) == 5
-    evals = (out / "eval_log.csv").read_text().splitlines()
-    assert evals[0].startswith("step,split,ciou,giou") and [r.split(",")[0] for r in evals[1:]] == ["2", "4"]
+    assert (out / "eval_log.csv").read_text().startswith("step,split,ciou,giou,n_sentences\n")
+    evals = read_csv(out / "eval_log.csv")
+    assert [r["step"] for r in evals if r["split"] == "shapes_val"] == ["2", "4"]
+    # shapes records each sentence's kind: a row per kind too, the kinds sharing the 5 sentences
+    for step in ("2", "4"):
+        kinds = {r["split"]: int(r["n_sentences"]) for r in evals if r["step"] == step and r["split"] != "shapes_val"}
+        assert kinds and all(k.startswith("shapes_val/") for k in kinds) and sum(kinds.values()) == 5
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "kinds_curve.png").read_bytes()[:4] == b"\x89PNG"
     state = torch.load(out / "checkpoints" / "step-000004" / "trainer_state.pt", weights_only=True)
     assert state["step"] == state["data_position"] == 4 and state["accum"] == 1
     # the official layout, loaded strictly (0 missing / unexpected keys) through the registry
