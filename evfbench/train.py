@@ -878,19 +878,6 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
         def autocast() -> Any:
             return torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.precision != "fp32")
 
-        def run_eval(step: int) -> None:
-            if not (cfg.val_split and ctx.is_main):
-                return
-            kinds = [False, True] if cfg.stage == "sam_boxes" and cfg.point_prob > 0 else [False]
-            for points in kinds:
-                m = evaluate(trainer, cfg.val_split, data_root, cfg.eval_limit, points=points, category_ids=data.category_ids)
-                suffix = ":points" if points else ":categories" if cfg.stage == "sam_categories" else ""
-                split = cfg.val_split + suffix
-                rows = [(split, m), *((f"{split}/{kind}", k) for kind, k in m["kinds"].items())]
-                evals.extend({"step": step, "split": name, "ciou": f"{r['ciou']:.6f}", "giou": f"{r['giou']:.6f}",
-                              "n_sentences": r["n_sentences"]} for name, r in rows)
-                tqdm.write(f"step {step}: {split} cIoU {m['ciou']:.4f} gIoU {m['giou']:.4f}")
-
         def write_logs() -> None:
             if ctx.is_main:
                 write_csv(output_dir / "train_log.csv", LOG_COLUMNS, log)
@@ -900,6 +887,20 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                     plot_curves(output_dir / "loss_curve.png", log, [r for r in evals if "/" not in r["split"]], title)
                 if any("/" in r["split"] for r in evals):
                     plot_kinds(output_dir / "kinds_curve.png", evals, title)
+
+        def run_eval(step: int) -> None:
+            if not (cfg.val_split and ctx.is_main):
+                return
+            prompts = [False, True] if cfg.stage == "sam_boxes" and cfg.point_prob > 0 else [False]
+            for points in prompts:
+                m = evaluate(trainer, cfg.val_split, data_root, cfg.eval_limit, points=points, category_ids=data.category_ids)
+                suffix = ":points" if points else ":categories" if cfg.stage == "sam_categories" else ""
+                split = cfg.val_split + suffix
+                rows = [(split, m), *((f"{split}/{kind}", k) for kind, k in m["kinds"].items())]
+                evals.extend({"step": step, "split": name, "ciou": f"{r['ciou']:.6f}", "giou": f"{r['giou']:.6f}",
+                              "n_sentences": r["n_sentences"]} for name, r in rows)
+                tqdm.write(f"step {step}: {split} cIoU {m['ciou']:.4f} gIoU {m['giou']:.4f}")
+            write_logs()  # now, not at the next checkpoint: the evaluation can be watched
 
         def checkpoint(step: int, elapsed: float) -> None:
             if ctx.is_main:

@@ -256,6 +256,17 @@ def test_run_writes_outputs_and_the_registry_loads_the_checkpoint(data_root: Pat
         train(tiny_config(data_root), out, progress=False)
 
 
+def test_evaluation_is_logged_before_the_next_checkpoint(data_root: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(train_module, "save_checkpoint", crash)  # the first checkpoint is the last step's
+    with pytest.raises(RuntimeError, match="killed"):
+        train(tiny_config(data_root, val_split="shapes_val", eval_every=2, eval_limit=3), tmp_path, progress=False)
+    assert [r["step"] for r in read_csv(tmp_path / "eval_log.csv") if r["split"] == "shapes_val"] == ["2", "4"]
+
+
 def test_resume_is_bit_identical(data_root: Path, tmp_path: Path) -> None:
     cfg = tiny_config(data_root, steps=4, flip_prob=0.5, warmup_steps=1)
     whole = train(cfg, tmp_path / "whole", progress=False)
