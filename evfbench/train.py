@@ -496,7 +496,7 @@ class Trainer(nn.Module):
 
 # ---- evaluation ------------------------------------------------------------------------------
 def evaluate(trainer: Trainer, split: str, data_root: Path | None, limit: int | None,
-             points: bool = False, category_ids: list[int] | None = None) -> dict[str, float]:
+             points: bool = False, category_ids: list[int] | None = None) -> dict[str, Any]:
     """cIoU / gIoU of the current weights on ``split`` (and under ``kinds``, per sentence kind
     where the text stage's corpus records them): prompted by the texts, or for ``sam_boxes``
     by the target boxes (``points``: by one point of each target, drawn with the image id as seed),
