@@ -77,9 +77,9 @@ def outcome_table(runs: list[Path], split: str, data_root: Path | None = None) -
             for name, records in models:
                 if sample.sent_id not in records:
                     continue
-                kind = outcome(decode_rle(records[sample.sent_id]["segmentation"]), group, sample, objects)
+                result = outcome(decode_rle(records[sample.sent_id]["segmentation"]), group, sample, objects)
                 for key in keys:
-                    counts.setdefault((name, key), dict.fromkeys(OUTCOMES, 0))[kind] += 1
+                    counts.setdefault((name, key), dict.fromkeys(OUTCOMES, 0))[result] += 1
     if not counts:
         raise EvfbenchError(f"the runs {', '.join(map(str, runs))} hold no saved mask of {split}")
     rows = []
