@@ -9,7 +9,6 @@ row per sentence (the same sentences for every model), one column per model.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import textwrap
 from pathlib import Path
@@ -20,7 +19,7 @@ from matplotlib.figure import Figure
 from evfbench.data import default_data_root, load_split
 from evfbench.data.masks import decode_rle
 from evfbench.errors import EvfbenchError, cli
-from evfbench.io import atomic_write_bytes
+from evfbench.io import atomic_write_figure
 from evfbench.registry import get_split
 from evfbench.results import add_run_arguments, saved_masks, selected_runs
 
@@ -79,9 +78,7 @@ def render_gallery(runs: list[Path], split: str, output: Path, data_root: Path |
             ax.set_yticks([])
     fig.suptitle(f"{split}: ground truth (cyan outline) and predictions (magenta outline)", fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    atomic_write_bytes(output, buffer.getvalue())
+    atomic_write_figure(output, fig, dpi=80)
     return output
 
 

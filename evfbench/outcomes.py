@@ -26,7 +26,6 @@ Rows per model over every sentence, then per sentence kind where the corpus reco
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -36,9 +35,9 @@ from matplotlib.figure import Figure
 
 from evfbench.data import default_data_root, load_split
 from evfbench.data.masks import decode_rle
-from evfbench.data.types import ImageGroup, Sample
+from evfbench.data.types import Sample
 from evfbench.errors import EvfbenchError, cli
-from evfbench.io import atomic_write_bytes, atomic_write_text
+from evfbench.io import atomic_write_figure, atomic_write_text
 from evfbench.registry import get_split
 from evfbench.results import add_run_arguments, saved_masks, selected_runs
 
@@ -47,9 +46,12 @@ COVER = 0.5  # share of an object's pixels a prediction must hold to cover it
 COLOURS = ("#2ca02c", "#ff7f0e", "#bcbd22", "#d62728", "#9467bd", "#7f7f7f")
 
 
-def outcome(pred: np.ndarray, group: ImageGroup, sample: Sample, objects: dict[int, np.ndarray]) -> str:
-    """The outcome of one predicted mask (``objects``: every annotation's mask of the image)."""
-    target = group.target_mask(sample)
+def outcome(pred: np.ndarray, sample: Sample, objects: dict[int, np.ndarray]) -> str:
+    """The outcome of one predicted mask (``objects``: every annotation's mask of the image,
+    decoded once for every model and sentence; the target is the union of the sample's)."""
+    target = np.zeros(pred.shape, dtype=bool)
+    for ann_id in sample.ann_ids:
+        target |= objects[ann_id]
     inter, union = int((pred & target).sum()), int((pred | target).sum())
     if union == 0 or inter / union >= 0.5:
         return "correct"
@@ -77,7 +79,7 @@ def outcome_table(runs: list[Path], split: str, data_root: Path | None = None) -
             for name, records in models:
                 if sample.sent_id not in records:
                     continue
-                result = outcome(decode_rle(records[sample.sent_id]["segmentation"]), group, sample, objects)
+                result = outcome(decode_rle(records[sample.sent_id]["segmentation"]), sample, objects)
                 for key in keys:
                     counts.setdefault((name, key), dict.fromkeys(OUTCOMES, 0))[result] += 1
     if not counts:
@@ -93,8 +95,8 @@ def outcome_table(runs: list[Path], split: str, data_root: Path | None = None) -
     return table.sort_values(["_k", "kind", "_m"]).drop(columns=["_m", "_k"]).reset_index(drop=True)
 
 
-def plot_outcomes(table: pd.DataFrame, title: str) -> bytes:
-    """Stacked horizontal bars, one per model (the ``all`` rows): PNG bytes."""
+def plot_outcomes(table: pd.DataFrame, title: str) -> Figure:
+    """Stacked horizontal bars, one per model (the ``all`` rows)."""
     rows = table[table["kind"] == "all"]
     fig = Figure(figsize=(8, 0.45 * len(rows) + 1.4))
     ax = fig.subplots()
@@ -108,9 +110,7 @@ def plot_outcomes(table: pd.DataFrame, title: str) -> bytes:
     ax.set_title(title, fontsize=10)
     ax.legend(ncol=3, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(rows) < 4 else -0.12))
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
+    return fig
 
 
 def write_outcomes(table: pd.DataFrame, output_dir: Path, split: str, name: str = "outcomes") -> list[Path]:
@@ -128,7 +128,7 @@ def write_outcomes(table: pd.DataFrame, output_dir: Path, split: str, name: str 
     paths = [output_dir / f"{name}.csv", output_dir / f"{name}.md", output_dir / f"{name}.png"]
     atomic_write_text(paths[0], table.to_csv(index=False, float_format="%.2f"))
     atomic_write_text(paths[1], "\n".join(parts) + "\n")
-    atomic_write_bytes(paths[2], plot_outcomes(table, f"{split}: what the predicted masks cover"))
+    atomic_write_figure(paths[2], plot_outcomes(table, f"{split}: what the predicted masks cover"), dpi=90)
     return paths
 
 

@@ -89,7 +89,7 @@ from tqdm import tqdm
 
 from evfbench.distributed import Context, distributed
 from evfbench.errors import EvfbenchError, cli
-from evfbench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from evfbench.io import atomic_write_bytes, atomic_write_figure, atomic_write_json, atomic_write_text
 from evfbench.train_data import Example, Item, TrainingData, train_tokenizer
 
 __all__ = ["TrainConfig", "MODULES", "mask_losses", "trainable_modules", "set_trainable", "train", "main"]
@@ -596,9 +596,7 @@ def plot_curves(path: Path, log: list[dict[str, Any]], evals: list[dict[str, Any
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="upper right")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_figure(path, fig)
 
 
 def plot_kinds(path: Path, evals: list[dict[str, Any]], title: str) -> None:
@@ -621,9 +619,7 @@ def plot_kinds(path: Path, evals: list[dict[str, Any]], title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", ncol=2)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_figure(path, fig)
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
@@ -900,7 +896,9 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                 evals.extend({"step": step, "split": name, "ciou": f"{r['ciou']:.6f}", "giou": f"{r['giou']:.6f}",
                               "n_sentences": r["n_sentences"]} for name, r in rows)
                 tqdm.write(f"step {step}: {split} cIoU {m['ciou']:.4f} gIoU {m['giou']:.4f}")
-            write_logs()  # now, not at the next checkpoint: the evaluation can be watched
+            # the rows now, so they can be watched and survive a crash; the curves follow at the
+            # checkpoint, which comes right after the evaluation at the last step
+            write_csv(output_dir / "eval_log.csv", EVAL_COLUMNS, evals)
 
         def checkpoint(step: int, elapsed: float) -> None:
             if ctx.is_main:

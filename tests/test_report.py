@@ -12,7 +12,7 @@ from PIL import Image
 from evfbench.data import load_split
 from evfbench.errors import EvfbenchError
 from evfbench.data.masks import encode_rle
-from evfbench.data.types import Annotation, ImageGroup, Sample
+from evfbench.data.types import Annotation, Sample
 from evfbench.gallery import GT_COLOUR, overlay, render_gallery
 from evfbench.outcomes import OUTCOMES, outcome, outcome_table, write_outcomes
 from evfbench.outcomes import main as outcomes_main
@@ -126,7 +126,7 @@ def test_overlay_dims_outside_and_outlines_the_mask() -> None:
     assert (out[3, 3] == 200).all()  # the inside keeps its colour
 
 
-def _squares() -> tuple[ImageGroup, Sample, dict[int, np.ndarray]]:
+def _squares() -> tuple[Sample, dict[int, np.ndarray]]:
     """A 20 x 30 image with three 6 x 6 squares (ids 1, 2, 3); the sentence names square 1."""
     anns = {}
     for i, x in enumerate((2, 12, 22), start=1):
@@ -134,12 +134,11 @@ def _squares() -> tuple[ImageGroup, Sample, dict[int, np.ndarray]]:
         m[4:10, x : x + 6] = True
         anns[i] = Annotation(i, 1, (x, 4, 6, 6), encode_rle(m))
     sample = Sample(sent_id=1, ref_id=1, image_id=1, text="the left square", ann_ids=(1,))
-    group = ImageGroup(1, Path("1.png"), 20, 30, samples=[sample], annotations=anns)
-    return group, sample, {i: a.mask(20, 30) for i, a in anns.items()}
+    return sample, {i: a.mask(20, 30) for i, a in anns.items()}
 
 
 def test_outcome_names_what_a_mask_covers() -> None:
-    group, sample, objects = _squares()
+    sample, objects = _squares()
     one, two, three = objects[1], objects[2], objects[3]
     half_of_two = two & (np.arange(30) < 15)[None]  # 3 of its 6 columns: covers it (>= half)
     background = np.zeros_like(one)
@@ -154,15 +153,15 @@ def test_outcome_names_what_a_mask_covers() -> None:
     }
     assert list(cases) == list(OUTCOMES)
     for expected, pred in cases.items():
-        assert outcome(pred, group, sample, objects) == expected, expected
+        assert outcome(pred, sample, objects) == expected, expected
     # a third of an object does not cover it; half of the target does
     third_of_two = two & (np.arange(30) < 14)[None]
-    assert outcome(one | background | third_of_two, group, sample, objects) == "poor mask"
-    assert outcome(one & (np.arange(30) < 5)[None] | background, group, sample, objects) == "poor mask"
-    assert outcome(half_of_two | three, group, sample, objects) == "other objects"
+    assert outcome(one | background | third_of_two, sample, objects) == "poor mask"
+    assert outcome(one & (np.arange(30) < 5)[None] | background, sample, objects) == "poor mask"
+    assert outcome(half_of_two | three, sample, objects) == "other objects"
     nothing = Sample(sent_id=2, ref_id=2, image_id=1, text="the blue square", ann_ids=())  # no such object
-    assert outcome(np.zeros_like(one), group, nothing, objects) == "correct"
-    assert outcome(two, group, nothing, objects) == "another object"
+    assert outcome(np.zeros_like(one), nothing, objects) == "correct"
+    assert outcome(two, nothing, objects) == "another object"
 
 
 def test_outcome_table_of_reference_rows(evaluated, tmp_path: Path) -> None:
