@@ -69,6 +69,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import inspect
 import io
 import itertools
 import os
@@ -794,6 +795,15 @@ def _check_resume_config(output_dir: Path, cfg: TrainConfig) -> None:
                          "  fix: rerun with the original settings, or use a new --output-dir")
 
 
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP arguments that skip the per-step buffer broadcast: every rank builds the same buffers
+    (SAM's pixel statistics and positional Gaussian matrix, from the same weights). Newer torch
+    names the flag ``forward_sync_buffers`` and warns on ``broadcast_buffers`` (2.14 does); older
+    torch has only ``broadcast_buffers``."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
 def _micro_batches(items: list[Item], ctx: Context, per_device: int, accum: int) -> Iterator[list[Item]]:
     """This process's share: micro-batch ``a`` is slice ``a * world + rank`` of the global batch."""
     for a in range(accum):
@@ -847,7 +857,7 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
         if ctx.enabled:
             module = nn.parallel.DistributedDataParallel(
                 trainer, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=True, broadcast_buffers=False,
+                find_unused_parameters=True, **_no_buffer_sync(),
             )
         optimizer = build_optimizer(cfg, param_groups(net, cfg, trainer.heads()), device)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps))
