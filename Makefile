@@ -37,6 +37,7 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/bench_embedding_cache.py
 	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_processes.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
