@@ -12,8 +12,9 @@ corpus, through the real command line (``python -m evfbench.train``). Three vari
     1 process x N threads          global batch 8 (PyTorch's intra-op threads)
     N processes x 1 thread         global batch 8 N (torchrun --nproc_per_node N)
 
-The tiny models are made of small operations, which intra-op threads barely speed up; one
-process per core runs N micro-batches at once and pays one gradient all-reduce per step.
+Intra-op threads split each of the tiny models' small operations, which parallelises only
+part of a step; one process per core runs N micro-batches at once and pays one gradient
+all-reduce per step.
 The rate of a run is images per second between its first and last log row (the first
 ``log_every`` steps, with start-up, are left out). The variants alternate within every repeat
 (the order rotates) and the median of the repeats is reported. Nothing is asserted: the
