@@ -24,7 +24,6 @@ machine is shared and noisy.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import shutil
@@ -36,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from evfbench.prep.shapes import build_shapes
+from evfbench.train import read_csv
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "registry/weights/evf_sam_tiny_shapes/train_config.yaml"
@@ -43,8 +43,7 @@ CONFIG = REPO / "registry/weights/evf_sam_tiny_shapes/train_config.yaml"
 
 def images_per_second(log: Path, batch: int) -> float:
     """Images / s between the first and the last row of a ``train_log.csv``."""
-    with log.open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(log)
     first, last = rows[0], rows[-1]
     steps = int(last["step"]) - int(first["step"])
     return steps * batch / (float(last["elapsed_s"]) - float(first["elapsed_s"]))
