@@ -1,4 +1,4 @@
-"""Training steps per second with PyTorch's fused AdamW vs its for-loop AdamW, side by side.
+"""Training steps per second: fused vs for-loop AdamW, and bf16 autocast vs fp32, side by side.
 
     python benchmarks/bench_train_step.py [--steps 20] [--repeats 5] [--threads 2]
 
@@ -8,9 +8,11 @@ early fusion with ``grounding_aux`` 1, every module trained, 8 images x up to 3 
 of a generated shapes corpus, fp32. Both runs start from the same parameters and see the same
 batches; only the optimizer kernel differs (``evfbench.train.build_optimizer`` picks the fused
 one). The tiny models have ~300 parameter tensors, so the for-loop optimizer's dozen small ops
-per tensor are a visible share of a step.
+per tensor are a visible share of a step. A third variant runs the fused step under bf16
+autocast, as ``--precision bf16`` trains: how much that buys depends on the CPU (AVX512-BF16
+or AMX matrix units), and the shipped recipes train in fp32.
 
-The two variants alternate within every repeat (which one goes first alternates too) and the
+The variants alternate within every repeat (which one goes first alternates too) and the
 median seconds per step of the repeats is reported. Nothing is asserted: the machine is shared
 and noisy.
 """
@@ -43,13 +45,14 @@ def make_trainer(cfg: TrainConfig, fused: bool) -> tuple[Trainer, torch.optim.Op
 
 
 def run(trainer: Trainer, optimizer: torch.optim.Optimizer, data: TrainingData, cfg: TrainConfig, start: int,
-        steps: int) -> float:
-    """Seconds per step over ``steps`` steps from ``start``."""
+        steps: int, bf16: bool = False) -> float:
+    """Seconds per step over ``steps`` steps from ``start`` (the forward under bf16 autocast if ``bf16``)."""
     batches = [[data.example(item) for item in data.global_batch(cfg.seed, s, cfg.global_batch, cfg.texts_per_image,
                                                                   cfg.flip_prob)] for s in range(start, start + steps)]
     t0 = time.perf_counter()
     for examples in batches:
-        loss, _ = trainer(examples)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = trainer(examples)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -74,21 +77,24 @@ def main() -> None:
                       train=["image_encoder", "mm_encoder", "projector", "prompt_encoder", "mask_decoder"],
                       model_args={"beit3_config": shapes["beit3_config"], "sam_config": shapes["sam_config"],
                                   "fusion": "early"})
-    variants = {"for-loop AdamW": make_trainer(cfg, fused=False), "fused AdamW": make_trainer(cfg, fused=True)}
-    for trainer, optimizer in variants.values():  # warm-up
-        run(trainer, optimizer, data, cfg, 0, 2)
+    variants = {"for-loop AdamW": make_trainer(cfg, fused=False), "fused AdamW": make_trainer(cfg, fused=True),
+                "fused, bf16": make_trainer(cfg, fused=True)}
+    bf16 = {name: name.endswith("bf16") for name in variants}
+    for name, (trainer, optimizer) in variants.items():  # warm-up
+        run(trainer, optimizer, data, cfg, 0, 2, bf16[name])
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.repeats):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in order:
-            times[name].append(run(*variants[name], data, cfg, 2 + r * args.steps, args.steps))
-    plain, fused = (statistics.median(times[name]) for name in variants)
+            times[name].append(run(*variants[name], data, cfg, 2 + r * args.steps, args.steps, bf16[name]))
+    plain, fused, fused_bf16 = (statistics.median(times[name]) for name in variants)
     n_params = sum(1 for g in variants["fused AdamW"][1].param_groups for _ in g["params"])
     print(f"stage-2c step of evf_sam_tiny.shapes: {n_params} parameter tensors, {args.threads} threads, "
           f"median of {args.repeats} x {args.steps} steps")
     for name in variants:
         print(f"  {name:15s} {statistics.median(times[name]) * 1000:7.1f} ms/step")
     print(f"  fused / for-loop speed: {plain / fused:.2f}x")
+    print(f"  bf16 / fp32 speed (fused): {fused / fused_bf16:.2f}x")
 
 
 if __name__ == "__main__":
