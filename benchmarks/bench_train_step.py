@@ -6,8 +6,8 @@ Workload: one optimizer step of stage 2c of ``evf_sam_tiny.shapes`` (registry/we
 evf_sam_tiny_shapes/TRAINING.md): the card's ``shapes`` architecture, randomly initialised,
 early fusion with ``grounding_aux`` 1, every module trained, 8 images x up to 3 expressions
 of a generated shapes corpus, fp32. Every variant starts from the same parameters and sees the
-same batches; the first two differ only in the optimizer kernel (``evfbench.train.build_optimizer`` picks the fused
-one). The tiny models have ~300 parameter tensors, so the for-loop optimizer's dozen small ops
+same batches; the first two differ only in the optimizer kernel (``evfbench.train.build_optimizer``
+picks the fused one). The tiny models have ~300 parameter tensors, so the for-loop optimizer's dozen small ops
 per tensor are a visible share of a step. A third variant runs the fused step under bf16
 autocast, as ``--precision bf16`` trains: how much that buys depends on the CPU (AVX512-BF16
 or AMX matrix units), and the shipped recipes train in fp32.
@@ -77,16 +77,16 @@ def main() -> None:
                       train=["image_encoder", "mm_encoder", "projector", "prompt_encoder", "mask_decoder"],
                       model_args={"beit3_config": shapes["beit3_config"], "sam_config": shapes["sam_config"],
                                   "fusion": "early"})
-    variants = {"for-loop AdamW": make_trainer(cfg, fused=False), "fused AdamW": make_trainer(cfg, fused=True),
-                "fused, bf16": make_trainer(cfg, fused=True)}
-    bf16 = {name: name.endswith("bf16") for name in variants}
-    for name, (trainer, optimizer) in variants.items():  # warm-up
-        run(trainer, optimizer, data, cfg, 0, 2, bf16[name])
+    variants = {name: (*make_trainer(cfg, fused), bf16) for name, fused, bf16 in
+                (("for-loop AdamW", False, False), ("fused AdamW", True, False), ("fused, bf16", True, True))}
+    for trainer, optimizer, bf16 in variants.values():  # warm-up
+        run(trainer, optimizer, data, cfg, 0, 2, bf16)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.repeats):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in order:
-            times[name].append(run(*variants[name], data, cfg, 2 + r * args.steps, args.steps, bf16[name]))
+            trainer, optimizer, bf16 = variants[name]
+            times[name].append(run(trainer, optimizer, data, cfg, 2 + r * args.steps, args.steps, bf16))
     plain, fused, fused_bf16 = (statistics.median(times[name]) for name in variants)
     n_params = sum(1 for g in variants["fused AdamW"][1].param_groups for _ in g["params"])
     print(f"stage-2c step of evf_sam_tiny.shapes: {n_params} parameter tensors, {args.threads} threads, "
