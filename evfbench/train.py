@@ -35,7 +35,8 @@ its parameters as early fusion (text first, then fusion: how ``evf_sam_tiny.shap
 
 Auxiliary losses for models trained from scratch (heads kept in ``trainer_state.pt``, never in
 the weights; a stage that starts from a checkpoint folder continues them): ``--category-aux``
-(what each SAM embedding position shows) and ``--grounding-aux`` (where the target is, on the
+(what each SAM embedding position shows; with ``--category-aux-attributes color`` its classes
+are the (category, colour) pairs) and ``--grounding-aux`` (where the target is, on the
 early-fusion BEiT-3's vision tokens and image [CLS]); ``--beit3-position-std`` redraws BEiT-3's
 untrained vision positions at a scale the patches can carry.
 
@@ -160,6 +161,11 @@ class TrainConfig:
     # learn what the objects are; a pretrained one knows (shapes: data_prep/shapes.md). In the text
     # stages it keeps the category in the embedding, which the mask loss alone wears away.
     category_aux: float = 0.0
+    # Annotation attributes (instances.json ``attributes``; shapes records ``color`` and ``size``)
+    # crossed with the category in the classes of category_aux: with [color], one class per
+    # (category, colour) pair. The category loss alone sharpens the categories in the embedding
+    # at the expense of the colours, and the text stages then read one or the other (TRAINING.md).
+    category_aux_attributes: list[str] = field(default_factory=list)
     # sam_boxes stage: the probability that a target is prompted by one point drawn from its mask
     # instead of its box. SAM itself trains on points and boxes; a point is one positional token,
     # like the one token the text stages give the decoder.
@@ -197,6 +203,11 @@ class TrainConfig:
             raise TrainError("--stage sam_categories trains the SAM image encoder alone on the per-pixel category loss "
                              f"(category_aux {self.category_aux}, train {self.train})\n"
                              "  fix: set --category-aux to a weight > 0 and --train image_encoder")
+        if self.category_aux_attributes and (self.category_aux <= 0 or self.stage == "sam_categories"):
+            raise TrainError(f"category_aux_attributes {self.category_aux_attributes} cross attributes with the category in the "
+                             f"classes of the category loss, which this run does not train as such (category_aux "
+                             f"{self.category_aux}, stage {self.stage}; sam_categories scores its head per category)\n"
+                             "  fix: set --category-aux to a weight > 0 in a sam_boxes or text stage, or drop the attributes")
         if self.category_aux > 0 and "image_encoder" not in self.train:
             raise TrainError("category_aux trains the SAM image encoder, but --train does not name image_encoder\n"
                              "  fix: add image_encoder to --train or set --category-aux 0")
@@ -326,12 +337,13 @@ class Trainer(nn.Module):
 
     With ``cache`` and a frozen SAM image encoder, the embedding of each (image, flip) is
     computed once and kept (the frozen encoder makes it exact; the reference recomputes it).
-    With ``category_aux``, ``category_head`` maps the SAM embedding to ``n_categories + 1``
-    classes (0 = background) per position; with ``grounding_aux``, ``grounding_head``
+    With ``category_aux``, ``category_head`` maps the SAM embedding to ``n_classes + 1``
+    classes (0 = background) per position: the categories, or with ``category_aux_attributes``
+    the (category, attribute values) pairs of :attr:`TrainingData.pixel_classes`; with ``grounding_aux``, ``grounding_head``
     (:class:`GroundingHead`) reads the early-fusion BEiT-3 output.
     """
 
-    def __init__(self, model: Any, cfg: TrainConfig, device: torch.device, n_categories: int = 0) -> None:
+    def __init__(self, model: Any, cfg: TrainConfig, device: torch.device, n_classes: int = 0) -> None:
         super().__init__()
         self.model = model  # the EvfSam wrapper (tokenizer, predict); its net is the submodule below
         self.net = model.net
@@ -344,7 +356,7 @@ class Trainer(nn.Module):
             if self.net.config.family != "sam":
                 raise TrainError("category_aux needs a SAM-1 image encoder (its embedding is one feature map)")
             channels = self.net.visual_model.prompt_encoder.embed_dim
-            self.category_head = nn.Conv2d(channels, n_categories + 1, kernel_size=1).to(device)
+            self.category_head = nn.Conv2d(channels, n_classes + 1, kernel_size=1).to(device)
         self.grounding_head: GroundingHead | None = None
         if cfg.grounding_aux > 0:
             if self.net.config.fusion != "early":
@@ -844,13 +856,13 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
             atomic_write_text(output_dir / "config.yaml", cfg.to_yaml())
         ctx.barrier()
 
-        data = TrainingData(cfg.data, cfg.data_weights, data_root)
+        data = TrainingData(cfg.data, cfg.data_weights, data_root, class_attributes=cfg.category_aux_attributes)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, device, resume_from)
         attach_tokenizer(model, cfg, data, output_dir, ctx)
         net = model.net.float().train()
         set_trainable(net, cfg.train)
-        trainer = Trainer(model, cfg, device, n_categories=len(data.category_ids))
+        trainer = Trainer(model, cfg, device, n_classes=len(data.pixel_classes))
         if resume_from is None:
             carry_heads(trainer, cfg, announce=ctx.is_main)
         module: nn.Module = trainer
@@ -1043,6 +1055,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", action="store_true", default=None, help="keep images and frozen SAM embeddings in memory")
     p.add_argument("--category-aux", type=float, help="weight of a per-pixel category loss on the SAM embedding (a SAM "
                    "trained from scratch then learns what the objects are); needs image_encoder in --train")
+    p.add_argument("--category-aux-attributes", type=_csv_list, help="annotation attributes crossed with the category in "
+                   "the classes of --category-aux, e.g. color (shapes): one class per (category, colour)")
     p.add_argument("--grounding-aux", type=float, help="weight of a loss teaching the early-fusion BEiT-3 where the "
                    "target is (per-patch cover, and the image [CLS]'s distribution over the patches)")
     p.add_argument("--beit3-position-std", type=float, help="redraw BEiT-3's vision position table with this std "

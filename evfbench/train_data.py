@@ -30,7 +30,7 @@ import io
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -187,9 +187,12 @@ class TrainingData:
             each optionally with a view (``shapes:semantic``; see the module docstring).
         weights: sampling ratio per source (``None``: equal).
         data_root: the refer-layout root.
+        class_attributes: annotation attributes (``instances.json`` ``attributes``, e.g. ``color``)
+            crossed with the category in the classes of :meth:`category_map`.
     """
 
-    def __init__(self, names: Sequence[str], weights: Sequence[float] | None, data_root: Path | None) -> None:
+    def __init__(self, names: Sequence[str], weights: Sequence[float] | None, data_root: Path | None,
+                 class_attributes: Sequence[str] = ()) -> None:
         if not names:
             raise EvfbenchError("no training data: pass --data NAME[,NAME...] (e.g. refcoco,refcoco+,refcocog,refclef)")
         weights = [1.0] * len(names) if weights is None else [float(w) for w in weights]
@@ -200,9 +203,21 @@ class TrainingData:
         self.cards = [card for card, _ in sources]
         self.groups: list[list[ImageGroup]] = [groups for _, groups in sources]
         self.probs = np.asarray(weights, dtype=np.float64) / sum(weights)
-        # the classes of a per-pixel category map: category_ids[k - 1] is class k, 0 the background
         self.category_ids = sorted({a.category_id for groups in self.groups for g in groups for a in g.annotations.values()})
-        self._category_class = {c: k + 1 for k, c in enumerate(self.category_ids)}
+        # the classes of a per-pixel category map: pixel_classes[k - 1] is class k, 0 the background
+        self.class_attributes = tuple(class_attributes)
+        self.pixel_classes = sorted({self._class_key(g, i) for groups in self.groups for g in groups for i in g.annotations})
+        self._pixel_class = {key: k + 1 for k, key in enumerate(self.pixel_classes)}
+
+    def _class_key(self, group: ImageGroup, ann_id: int) -> tuple[Any, ...]:
+        """``(category_id, *attribute values)``: the pixel class of annotation ``ann_id``."""
+        ann = group.annotations[ann_id]
+        missing = [a for a in self.class_attributes if a not in ann.attributes]
+        if missing:
+            raise EvfbenchError(f"image {group.image_id} ({group.path}), annotation {ann_id}: its instances.json record has no "
+                                f"attribute {missing} (it has {sorted(ann.attributes) or 'none'})\n  fix: name only attributes "
+                                "every annotation records in --category-aux-attributes (shapes records color and size)")
+        return (ann.category_id, *(ann.attributes[a] for a in self.class_attributes))
 
     def sentences(self) -> list[str]:
         """Every training sentence (the tokenizer corpus)."""
@@ -227,11 +242,12 @@ class TrainingData:
         return self.groups[item.source][item.group]
 
     def category_map(self, group: ImageGroup) -> np.ndarray:
-        """``(H, W)`` class index of every pixel: 1 + the position of its object's category in
-        :attr:`category_ids`, 0 for the background (later annotations win where masks overlap)."""
+        """``(H, W)`` class index of every pixel: 1 + the position of its object's category (with
+        the ``class_attributes``) in :attr:`pixel_classes`, 0 for the background (later
+        annotations win where masks overlap)."""
         out = np.zeros((group.height, group.width), dtype=np.int64)
-        for ann in group.annotations.values():
-            out[ann.mask(group.height, group.width)] = self._category_class[ann.category_id]
+        for ann_id, ann in group.annotations.items():
+            out[ann.mask(group.height, group.width)] = self._pixel_class[self._class_key(group, ann_id)]
         return out
 
     def example(self, item: Item, image: np.ndarray | None = None, categories: bool = False) -> Example:

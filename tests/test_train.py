@@ -19,6 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from evfbench import train as train_module
+from evfbench.errors import EvfbenchError
 from evfbench.models.evf_sam import EvfConfig, build_net
 from evfbench.prep.shapes import build_shapes
 from evfbench.registry import create_model
@@ -27,7 +28,6 @@ from evfbench.train import (
     set_trainable, trainable_modules, train,
 )
 from evfbench.models.tokenizer import BeitTokenizer
-from evfbench.errors import EvfbenchError
 from evfbench.train_data import Item, TrainingData, flip_text, semantic_samples, train_tokenizer
 from model_fixtures import make_group, random_image, spm_folder  # noqa: F401 (fixture)
 from refer_fixtures import write_fixture
@@ -328,6 +328,30 @@ def test_category_map_labels_every_object_pixel(data_root: Path) -> None:
     assert data.example(item).categories is None
 
 
+def test_category_map_classes_cross_the_category_with_attributes(data_root: Path) -> None:
+    data = TrainingData(["shapes"], None, data_root, class_attributes=["color"])
+    keys = {(a.category_id, a.attributes["color"]) for groups in data.groups for g in groups for a in g.annotations.values()}
+    assert sorted(keys) == data.pixel_classes and len(keys) > len(data.category_ids)
+    group = data.groups[0][0]
+    labels = data.category_map(group)
+    for ann in group.annotations.values():
+        key = (ann.category_id, ann.attributes["color"])
+        assert (labels[ann.mask(group.height, group.width)] == data.pixel_classes.index(key) + 1).all()
+    with pytest.raises(EvfbenchError, match=r"annotation \d+: its instances.json record has no attribute \['shade'\]"):
+        TrainingData(["shapes"], None, data_root, class_attributes=["shade"])
+
+
+def test_category_aux_attributes_need_the_category_loss(data_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="category_aux_attributes \\['color'\\] cross attributes"):
+        tiny_config(data_root, category_aux_attributes=["color"]).validate()
+    cfg = tiny_config(data_root, steps=2, stage="sam_boxes", train=["image_encoder", "prompt_encoder", "mask_decoder"],
+                      category_aux=1.0, category_aux_attributes=["color"])
+    train(cfg, tmp_path / "run", progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=True)
+    n_classes = len(TrainingData(["shapes"], None, data_root, class_attributes=["color"]).pixel_classes)
+    assert state["category_head"]["bias"].shape == (n_classes + 1,)
+
+
 def test_category_aux_trains_the_sam_encoder_and_resumes_bit_identically(data_root: Path, tmp_path: Path) -> None:
     boxes = dict(stage="sam_boxes", train=["image_encoder", "prompt_encoder", "mask_decoder"], steps=4, flip_prob=0.5)
     cfg = tiny_config(data_root, category_aux=1.0, **boxes)
@@ -462,7 +486,7 @@ def test_a_chained_stage_continues_the_heads_of_the_checkpoint_it_starts_from(
     torch.save({"category_head": {"weight": torch.zeros(3, 64, 1, 1), "bias": torch.zeros(3)}}, other / "trainer_state.pt")
     cfg = tiny_config(data_root, init=str(other), **text)
     trainer = Trainer(build_model(tiny_config(data_root, **text), torch.device("cpu"), None), cfg, torch.device("cpu"),
-                      n_categories=6)
+                      n_classes=6)
     before = {k: v.clone() for k, v in trainer.category_head.state_dict().items()}
     train_module.carry_heads(trainer, cfg)
     assert same(trainer.category_head.state_dict(), before)

@@ -299,6 +299,7 @@ def _annotation(ann: dict) -> Annotation:
         bbox=tuple(float(v) for v in ann.get("bbox", (0.0, 0.0, 0.0, 0.0))),
         segmentation=ann.get("segmentation", []),
         area=float(ann.get("area", 0.0)),
+        attributes=dict(ann.get("attributes") or {}),
     )
 
 

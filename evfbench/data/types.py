@@ -28,6 +28,7 @@ class Annotation:
     bbox: tuple[float, float, float, float]
     segmentation: Any
     area: float = 0.0
+    attributes: dict[str, Any] = field(default_factory=dict)  # ``attributes`` of the COCO record (shapes: color, size)
 
     def mask(self, height: int, width: int) -> np.ndarray:
         """Ground-truth mask ``(H, W) bool``; polygon parts are unioned, empty means all-zero."""
