@@ -339,8 +339,9 @@ class Trainer(nn.Module):
     computed once and kept (the frozen encoder makes it exact; the reference recomputes it).
     With ``category_aux``, ``category_head`` maps the SAM embedding to ``n_classes + 1``
     classes (0 = background) per position: the categories, or with ``category_aux_attributes``
-    the (category, attribute values) pairs of :attr:`TrainingData.pixel_classes`; with ``grounding_aux``, ``grounding_head``
-    (:class:`GroundingHead`) reads the early-fusion BEiT-3 output.
+    the (category, attribute values) pairs of :attr:`TrainingData.pixel_classes`. With
+    ``grounding_aux``, ``grounding_head`` (:class:`GroundingHead`) reads the early-fusion
+    BEiT-3 output.
     """
 
     def __init__(self, model: Any, cfg: TrainConfig, device: torch.device, n_classes: int = 0) -> None:
