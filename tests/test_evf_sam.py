@@ -14,7 +14,8 @@ import torch
 from model_fixtures import make_group, random_image, spm_folder, spread_weights, tiny_model  # noqa: F401
 from safetensors.torch import load_file, save_file
 
-from evfbench.models.checkpoint import CheckpointError, empty_init, state_dict_summary
+from evfbench.io import atomic_path
+from evfbench.models.checkpoint import CheckpointError, empty_init, save_safetensors, state_dict_summary
 from evfbench.models.evf_sam import EvfConfig, EvfSam, EvfSamNet, build_net
 from evfbench.models.sam_backends import SAM_CONFIGS, Sam1Backend, postprocess_sam1, postprocess_sam2
 from evfbench.models.tokenizer import BeitTokenizer
@@ -98,6 +99,7 @@ def test_save_official_layout_and_reload_through_registry(family, saved, sam1, s
     theirs = reloaded.net.official_state_dict()
     assert set(ours) == set(theirs) == set(state)  # 0 missing, 0 unexpected
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
     group = make_group(TEXTS, H, W)
     expected = model.predict(image, group)
     got = reloaded.predict(image, group)
@@ -105,6 +107,19 @@ def test_save_official_layout_and_reload_through_registry(family, saved, sam1, s
     assert np.array_equal(expected, got)
     assert 0 < expected.mean() < 1
     assert reloaded.describe()["weights"] == str(folder)
+
+
+def test_saved_weights_are_readable_and_a_failed_save_leaves_nothing(saved, tmp_path) -> None:
+    """Weights go through mkstemp (0600) and a rename; the file must get the usual permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (saved["sam"] / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    target = tmp_path / "model.safetensors"
+    save_safetensors(target, {"w": torch.ones(2)})
+    with pytest.raises(ValueError), atomic_path(target) as tmp:
+        save_file({"w": "not a tensor"}, str(tmp))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    assert torch.equal(load_file(str(target))["w"], torch.ones(2))  # the previous file is intact
 
 
 def test_real_evf_sam_key_set_on_meta() -> None:

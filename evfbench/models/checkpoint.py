@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from evfbench.errors import EvfbenchError
+from evfbench.io import atomic_path
 
 __all__ = [
     "CheckpointError", "CONFIG_FILE", "resolve_weights", "read_weights_file", "read_folder_state_dict",
@@ -203,13 +203,5 @@ def save_safetensors(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     """Write a safetensors file atomically (temporary file in the same folder, then rename)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
