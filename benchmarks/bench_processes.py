@@ -3,10 +3,12 @@ one process per core under ``torchrun`` (DDP, gloo), side by side.
 
     python benchmarks/bench_processes.py [--steps 60] [--repeats 3] [--cores 2]
 
-Workload: stage 2c of ``evf_sam_tiny.shapes`` as shipped (``registry/weights/evf_sam_tiny_shapes/
-train_config.yaml``: early fusion with the grounding loss, every module trained,
-8 images x up to 3 expressions per process), from random initialisation on a generated shapes
-corpus, through the real command line (``python -m evfbench.train``). Three variants:
+Workload: stage 2c of ``evf_sam_tiny.shapes`` (``registry/weights/evf_sam_tiny_shapes/
+train_config.yaml``: early fusion with the grounding loss, 8 images x up to 3 expressions per
+process) with the SAM image encoder trained as well: the shipped stage keeps it frozen and
+caches its embeddings, which would make the rate depend on how often an image comes back.
+From random initialisation on a generated shapes corpus, through the real command line
+(``python -m evfbench.train``). Three variants:
 
     1 process x 1 thread           global batch 8
     1 process x N threads          global batch 8 (PyTorch's intra-op threads)
@@ -35,7 +37,7 @@ from pathlib import Path
 import yaml
 
 from evfbench.prep.shapes import build_shapes
-from evfbench.train import read_csv
+from evfbench.train import MODULES, read_csv
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "registry/weights/evf_sam_tiny_shapes/train_config.yaml"
@@ -54,7 +56,8 @@ def run(work: Path, name: str, processes: int, threads: int, steps: int, root: P
     raw = yaml.safe_load(CONFIG.read_text())
     batch = 8 * processes
     raw.update(init=None, tokenizer_vocab=120, data_root=str(root), steps=steps, warmup_steps=5, global_batch=batch,
-               per_device_batch=8, val_split=None, eval_every=0, checkpoint_every=10**9, log_every=20)
+               per_device_batch=8, val_split=None, eval_every=0, checkpoint_every=10**9, log_every=20,
+               train=list(MODULES), cache=False)
     config, out = work / f"{name}.yaml", work / name
     config.write_text(yaml.safe_dump(raw))
     command = ["-m", "evfbench.train", "--config", str(config), "--output-dir", str(out), "--no-progress"]

@@ -3,9 +3,9 @@
     python benchmarks/bench_train_step.py [--steps 20] [--repeats 5] [--threads 2]
 
 Workload: one optimizer step of stage 2c of ``evf_sam_tiny.shapes`` (registry/weights/
-evf_sam_tiny_shapes/TRAINING.md): the card's ``shapes`` architecture, randomly initialised,
-early fusion with ``grounding_aux`` 1, every module trained, 8 images x up to 3 expressions
-of a generated shapes corpus, fp32. Every variant starts from the same parameters and sees the
+evf_sam_tiny_shapes/TRAINING.md) with every module trained (the shipped stage keeps the SAM
+image encoder frozen): the card's ``shapes`` architecture, randomly initialised, early fusion
+with ``grounding_aux`` 1, 8 images x up to 3 expressions of a generated shapes corpus, fp32. Every variant starts from the same parameters and sees the
 same batches; the first two differ only in the optimizer kernel (``evfbench.train.build_optimizer``
 picks the fused one). The tiny models have ~300 parameter tensors, so the for-loop optimizer's dozen small ops
 per tensor are a visible share of a step. A third variant runs the fused step under bf16
