@@ -36,7 +36,7 @@ its parameters as early fusion (text first, then fusion: how ``evf_sam_tiny.shap
 Auxiliary losses for models trained from scratch (heads kept in ``trainer_state.pt``, never in
 the weights; a stage that starts from a checkpoint folder continues them): ``--category-aux``
 (what each SAM embedding position shows; with ``--category-aux-attributes color`` its classes
-are the (category, colour) pairs) and ``--grounding-aux`` (where the target is, on the
+are the (category, colour) pairs, and ``--category-aux-heads size`` adds a head for the size) and ``--grounding-aux`` (where the target is, on the
 early-fusion BEiT-3's vision tokens and image [CLS]); ``--beit3-position-std`` redraws BEiT-3's
 untrained vision positions at a scale the patches can carry.
 
@@ -80,7 +80,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -166,6 +166,11 @@ class TrainConfig:
     # (category, colour) pair. The category loss alone sharpens the categories in the embedding
     # at the expense of the colours, and the text stages then read one or the other (TRAINING.md).
     category_aux_attributes: list[str] = field(default_factory=list)
+    # Annotation attributes with a per-pixel head of their own beside the category head (classes:
+    # the attribute's values and the background), in the same loss and weight: with [size], the
+    # embedding is asked for each pixel's size class without splitting every (category, colour)
+    # class in three, which wore the category away (TRAINING.md, run DN).
+    category_aux_heads: list[str] = field(default_factory=list)
     # sam_boxes stage: the probability that a target is prompted by one point drawn from its mask
     # instead of its box. SAM itself trains on points and boxes; a point is one positional token,
     # like the one token the text stages give the decoder.
@@ -203,11 +208,12 @@ class TrainConfig:
             raise TrainError("--stage sam_categories trains the SAM image encoder alone on the per-pixel category loss "
                              f"(category_aux {self.category_aux}, train {self.train})\n"
                              "  fix: set --category-aux to a weight > 0 and --train image_encoder")
-        if self.category_aux_attributes and (self.category_aux <= 0 or self.stage == "sam_categories"):
-            raise TrainError(f"category_aux_attributes {self.category_aux_attributes} cross attributes with the category in the "
-                             f"classes of the category loss, which this run does not train as such (category_aux "
-                             f"{self.category_aux}, stage {self.stage}; sam_categories scores its head per category)\n"
-                             "  fix: set --category-aux to a weight > 0 in a sam_boxes or text stage, or drop the attributes")
+        for name in ("category_aux_attributes", "category_aux_heads"):
+            if getattr(self, name) and (self.category_aux <= 0 or self.stage == "sam_categories"):
+                raise TrainError(f"{name} {getattr(self, name)} add attribute classes to the category loss, which this run "
+                                 f"does not train as such (category_aux {self.category_aux}, stage {self.stage}; "
+                                 "sam_categories scores its head per category)\n  fix: set --category-aux to a weight > 0 "
+                                 "in a sam_boxes or text stage, or drop the attributes")
         if self.category_aux > 0 and "image_encoder" not in self.train:
             raise TrainError("category_aux trains the SAM image encoder, but --train does not name image_encoder\n"
                              "  fix: add image_encoder to --train or set --category-aux 0")
@@ -339,12 +345,14 @@ class Trainer(nn.Module):
     computed once and kept (the frozen encoder makes it exact; the reference recomputes it).
     With ``category_aux``, ``category_head`` maps the SAM embedding to ``n_classes + 1``
     classes (0 = background) per position: the categories, or with ``category_aux_attributes``
-    the (category, attribute values) pairs of :attr:`TrainingData.pixel_classes`. With
+    the (category, attribute values) pairs of :attr:`TrainingData.pixel_classes`; then, for each
+    of ``head_classes`` (``category_aux_heads``), that many classes + 1 more (:attr:`class_splits`). With
     ``grounding_aux``, ``grounding_head`` (:class:`GroundingHead`) reads the early-fusion
     BEiT-3 output.
     """
 
-    def __init__(self, model: Any, cfg: TrainConfig, device: torch.device, n_classes: int = 0) -> None:
+    def __init__(self, model: Any, cfg: TrainConfig, device: torch.device, n_classes: int = 0,
+                 head_classes: Sequence[int] = ()) -> None:
         super().__init__()
         self.model = model  # the EvfSam wrapper (tokenizer, predict); its net is the submodule below
         self.net = model.net
@@ -353,11 +361,12 @@ class Trainer(nn.Module):
         self.cache_sam = cfg.cache and "image_encoder" not in cfg.train
         self._cache: dict[tuple[int, int, bool], Any] = {}
         self.category_head: nn.Module | None = None
+        self.class_splits = [n_classes + 1, *(n + 1 for n in head_classes)]
         if cfg.category_aux > 0:
             if self.net.config.family != "sam":
                 raise TrainError("category_aux needs a SAM-1 image encoder (its embedding is one feature map)")
             channels = self.net.visual_model.prompt_encoder.embed_dim
-            self.category_head = nn.Conv2d(channels, n_classes + 1, kernel_size=1).to(device)
+            self.category_head = nn.Conv2d(channels, sum(self.class_splits), kernel_size=1).to(device)
         self.grounding_head: GroundingHead | None = None
         if cfg.grounding_aux > 0:
             if self.net.config.fusion != "early":
@@ -433,7 +442,8 @@ class Trainer(nn.Module):
         return bce_sum, dice_sum
 
     def category_logits(self, features: Any) -> torch.Tensor:
-        """``(1, classes, h, w)``: the category head over the resized image (padding cropped)."""
+        """``(1, classes, h, w)``: the category head over the resized image (padding cropped); the
+        channels of every head, split by :attr:`class_splits`."""
         assert self.category_head is not None and features.input_size is not None
         h, w = features.input_size
         size = self.net.backend.img_size
@@ -441,12 +451,15 @@ class Trainer(nn.Module):
                              align_corners=False)[:, :, :h, :w]
 
     def _category_loss(self, ex: Example, features: Any) -> torch.Tensor:
-        """Per-pixel cross-entropy of the category head over the resized image."""
+        """Per-pixel cross-entropy of the category head over the resized image, summed with that
+        of each attribute head."""
         assert ex.categories is not None
+        maps = [ex.categories, *([] if ex.attributes is None else ex.attributes)]
+        assert len(maps) == len(self.class_splits)
         logits = self.category_logits(features)
-        labels = torch.from_numpy(ex.categories).to(self.device)[None, None].float()
+        labels = torch.from_numpy(np.stack(maps)).to(self.device)[None].float()
         labels = F.interpolate(labels, size=logits.shape[-2:], mode="nearest")[0].long()
-        return F.cross_entropy(logits, labels)
+        return sum(F.cross_entropy(part, label[None]) for part, label in zip(logits.split(self.class_splits, 1), labels))
 
     def _texts(self, examples: list[Example]) -> tuple[torch.Tensor, list[Any], torch.Tensor]:
         """-> low-resolution logits, SAM features, the summed grounding loss (0 without it)."""
@@ -560,7 +573,8 @@ def predicted_categories(trainer: Trainer, image: np.ndarray) -> np.ndarray:
     """``(H, W)`` class of every pixel by the category head (0 = background; see :meth:`TrainingData.category_map`)."""
     net = trainer.net
     feats = net.backend.encode(net.visual_model, image, trainer.device)
-    logits = F.interpolate(trainer.category_logits(feats), size=image.shape[:2], mode="bilinear", align_corners=False)
+    logits = trainer.category_logits(feats)[:, : trainer.class_splits[0]]
+    logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
     return logits[0].argmax(0).cpu().numpy()
 
 
@@ -857,13 +871,15 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
             atomic_write_text(output_dir / "config.yaml", cfg.to_yaml())
         ctx.barrier()
 
-        data = TrainingData(cfg.data, cfg.data_weights, data_root, class_attributes=cfg.category_aux_attributes)
+        data = TrainingData(cfg.data, cfg.data_weights, data_root, class_attributes=cfg.category_aux_attributes,
+                            head_attributes=cfg.category_aux_heads)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, device, resume_from)
         attach_tokenizer(model, cfg, data, output_dir, ctx)
         net = model.net.float().train()
         set_trainable(net, cfg.train)
-        trainer = Trainer(model, cfg, device, n_classes=len(data.pixel_classes))
+        trainer = Trainer(model, cfg, device, n_classes=len(data.pixel_classes),
+                          head_classes=[len(values) for values in data.head_values.values()])
         if resume_from is None:
             carry_heads(trainer, cfg, announce=ctx.is_main)
         module: nn.Module = trainer
@@ -1058,6 +1074,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "trained from scratch then learns what the objects are); needs image_encoder in --train")
     p.add_argument("--category-aux-attributes", type=_csv_list, help="annotation attributes crossed with the category in "
                    "the classes of --category-aux, e.g. color (shapes): one class per (category, colour)")
+    p.add_argument("--category-aux-heads", type=_csv_list, help="annotation attributes with a per-pixel head of their "
+                   "own in the --category-aux loss, e.g. size (shapes): one class per size")
     p.add_argument("--grounding-aux", type=float, help="weight of a loss teaching the early-fusion BEiT-3 where the "
                    "target is (per-patch cover, and the image [CLS]'s distribution over the patches)")
     p.add_argument("--beit3-position-std", type=float, help="redraw BEiT-3's vision position table with this std "

@@ -83,6 +83,7 @@ class Example:
     texts: list[str]
     masks: np.ndarray  # (T, H, W) bool, original size
     categories: np.ndarray | None = None  # (H, W) int64 class per pixel (0 = background), when asked for
+    attributes: np.ndarray | None = None  # (A, H, W) int64 class per pixel of each head attribute, with categories
 
     def boxes(self) -> np.ndarray:
         """``(T, 4)`` XYXY pixel boxes of the masks (the stage-1 box prompts); empty mask -> whole image."""
@@ -189,10 +190,11 @@ class TrainingData:
         data_root: the refer-layout root.
         class_attributes: annotation attributes (``instances.json`` ``attributes``, e.g. ``color``)
             crossed with the category in the classes of :meth:`category_map`.
+        head_attributes: annotation attributes with classes of their own (:meth:`attribute_maps`).
     """
 
     def __init__(self, names: Sequence[str], weights: Sequence[float] | None, data_root: Path | None,
-                 class_attributes: Sequence[str] = ()) -> None:
+                 class_attributes: Sequence[str] = (), head_attributes: Sequence[str] = ()) -> None:
         if not names:
             raise EvfbenchError("no training data: pass --data NAME[,NAME...] (e.g. refcoco,refcoco+,refcocog,refclef)")
         weights = [1.0] * len(names) if weights is None else [float(w) for w in weights]
@@ -208,16 +210,25 @@ class TrainingData:
         self.class_attributes = tuple(class_attributes)
         self.pixel_classes = sorted({self._class_key(g, i) for groups in self.groups for g in groups for i in g.annotations})
         self._pixel_class = {key: k + 1 for k, key in enumerate(self.pixel_classes)}
+        # the classes of each head attribute: head_values[a][k - 1] is class k of attribute a, 0 the background
+        self.head_values = {a: sorted({self._attributes(g, i, (a,))[0] for groups in self.groups for g in groups
+                                       for i in g.annotations}) for a in head_attributes}
+        self._head_class = {a: {v: k + 1 for k, v in enumerate(values)} for a, values in self.head_values.items()}
 
-    def _class_key(self, group: ImageGroup, ann_id: int) -> tuple[Any, ...]:
-        """``(category_id, *attribute values)``: the pixel class of annotation ``ann_id``."""
+    def _attributes(self, group: ImageGroup, ann_id: int, names: Sequence[str]) -> tuple[Any, ...]:
+        """The values of attributes ``names`` of annotation ``ann_id``; a clear error if one is missing."""
         ann = group.annotations[ann_id]
-        missing = [a for a in self.class_attributes if a not in ann.attributes]
+        missing = [a for a in names if a not in ann.attributes]
         if missing:
             raise EvfbenchError(f"image {group.image_id} ({group.path}), annotation {ann_id}: its instances.json record has no "
                                 f"attribute {missing} (it has {sorted(ann.attributes) or 'none'})\n  fix: name only attributes "
-                                "every annotation records in --category-aux-attributes (shapes records color and size)")
-        return (ann.category_id, *(ann.attributes[a] for a in self.class_attributes))
+                                "every annotation records in --category-aux-attributes and --category-aux-heads (shapes "
+                                "records color and size)")
+        return tuple(ann.attributes[a] for a in names)
+
+    def _class_key(self, group: ImageGroup, ann_id: int) -> tuple[Any, ...]:
+        """``(category_id, *attribute values)``: the pixel class of annotation ``ann_id``."""
+        return (group.annotations[ann_id].category_id, *self._attributes(group, ann_id, self.class_attributes))
 
     def sentences(self) -> list[str]:
         """Every training sentence (the tokenizer corpus)."""
@@ -250,21 +261,33 @@ class TrainingData:
             out[ann.mask(group.height, group.width)] = self._pixel_class[self._class_key(group, ann_id)]
         return out
 
+    def attribute_maps(self, group: ImageGroup) -> np.ndarray:
+        """``(A, H, W)`` class index of every pixel for each of the ``head_attributes``: 1 + the
+        position of its object's value in :attr:`head_values`, 0 for the background."""
+        out = np.zeros((len(self.head_values), group.height, group.width), dtype=np.int64)
+        for ann_id, ann in group.annotations.items():
+            mask = ann.mask(group.height, group.width)
+            for row, (name, classes) in enumerate(self._head_class.items()):
+                out[row][mask] = classes[self._attributes(group, ann_id, (name,))[0]]
+        return out
+
     def example(self, item: Item, image: np.ndarray | None = None, categories: bool = False) -> Example:
         """Load ``item`` (``image``: the group's pixels if already read; ``categories``: also
-        its :meth:`category_map`)."""
+        its :meth:`category_map` and, with ``head_attributes``, its :meth:`attribute_maps`)."""
         group = self.group(item)
         image = group.load_image() if image is None else image
         samples = [group.samples[i] for i in item.texts]
         texts = [s.text for s in samples]
         masks = np.stack([group.target_mask(s) for s in samples])
         cats = self.category_map(group) if categories else None
+        heads = self.attribute_maps(group) if categories and self.head_values else None
         if item.flip:
             image = np.ascontiguousarray(image[:, ::-1])
             masks = np.ascontiguousarray(masks[:, :, ::-1])
             cats = None if cats is None else np.ascontiguousarray(cats[:, ::-1])
+            heads = None if heads is None else np.ascontiguousarray(heads[:, :, ::-1])
             texts = [flip_text(t) for t in texts]
-        return Example(item, image, texts, masks, cats)
+        return Example(item, image, texts, masks, cats, heads)
 
 
 def train_tokenizer(sentences: Iterable[str], folder: Path, vocab_size: int) -> Path:

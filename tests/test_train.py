@@ -341,15 +341,40 @@ def test_category_map_classes_cross_the_category_with_attributes(data_root: Path
         TrainingData(["shapes"], None, data_root, class_attributes=["shade"])
 
 
+def test_attribute_maps_give_each_head_attribute_its_own_classes(data_root: Path) -> None:
+    data = TrainingData(["shapes"], None, data_root, class_attributes=["color"], head_attributes=["size"])
+    assert data.head_values == {"size": ["large", "medium", "small"]}
+    group = data.groups[0][0]
+    (sizes,) = data.attribute_maps(group)
+    assert sizes.shape == (group.height, group.width) and (sizes >= 0).all()
+    for ann in group.annotations.values():  # the crossed classes are unchanged by the head
+        mask = ann.mask(group.height, group.width)
+        assert (sizes[mask] == data.head_values["size"].index(ann.attributes["size"]) + 1).all()
+        assert (data.category_map(group)[mask] == data.pixel_classes.index((ann.category_id, ann.attributes["color"])) + 1).all()
+    assert (sizes == 0).any()  # the background
+    flipped = data.example(Item(0, 0, (0,), True), categories=True)
+    assert np.array_equal(flipped.attributes, data.attribute_maps(group)[:, :, ::-1])
+    assert TrainingData(["shapes"], None, data_root).example(Item(0, 0, (0,), False), categories=True).attributes is None
+    with pytest.raises(EvfbenchError, match=r"(?s)no attribute \['shade'\].*--category-aux-heads"):
+        TrainingData(["shapes"], None, data_root, head_attributes=["shade"])
+
+
 def test_category_aux_attributes_need_the_category_loss(data_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(TrainError, match="category_aux_attributes \\['color'\\] cross attributes"):
-        tiny_config(data_root, category_aux_attributes=["color"]).validate()
+    for name in ("category_aux_attributes", "category_aux_heads"):
+        with pytest.raises(TrainError, match=f"{name} \\['color'\\] add attribute classes"):
+            tiny_config(data_root, **{name: ["color"]}).validate()
     cfg = tiny_config(data_root, steps=2, stage="sam_boxes", train=["image_encoder", "prompt_encoder", "mask_decoder"],
                       category_aux=1.0, category_aux_attributes=["color"])
     train(cfg, tmp_path / "run", progress=False)
     state = torch.load(tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=True)
     n_classes = len(TrainingData(["shapes"], None, data_root, class_attributes=["color"]).pixel_classes)
     assert state["category_head"]["bias"].shape == (n_classes + 1,)
+    heads = train(dataclasses.replace(cfg, category_aux_heads=["size"]), tmp_path / "heads", progress=False)
+    state = torch.load(tmp_path / "heads" / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=True)
+    assert state["category_head"]["bias"].shape == (n_classes + 1 + 3 + 1,)  # and the 3 sizes + background
+    assert yaml.safe_load((heads.parent / "config.yaml").read_text())["category_aux_heads"] == ["size"]
+    args = build_parser().parse_args(["--output-dir", str(tmp_path), "--category-aux-heads", "size"])
+    assert config_from_args(args).category_aux_heads == ["size"]
 
 
 def test_category_aux_trains_the_sam_encoder_and_resumes_bit_identically(data_root: Path, tmp_path: Path) -> None:
