@@ -5,12 +5,13 @@
 Workload: one optimizer step of stage 2c of ``evf_sam_tiny.shapes`` (registry/weights/
 evf_sam_tiny_shapes/TRAINING.md) with every module trained (the shipped stage keeps the SAM
 image encoder frozen): the card's ``shapes`` architecture, randomly initialised, early fusion
-with ``grounding_aux`` 1, 8 images x up to 3 expressions of a generated shapes corpus, fp32. Every variant starts from the same parameters and sees the
-same batches; the first two differ only in the optimizer kernel (``evfbench.train.build_optimizer``
-picks the fused one). The tiny models have ~300 parameter tensors, so the for-loop optimizer's dozen small ops
-per tensor are a visible share of a step. A third variant runs the fused step under bf16
-autocast, as ``--precision bf16`` trains: how much that buys depends on the CPU (AVX512-BF16
-or AMX matrix units), and the shipped recipes train in fp32.
+with ``grounding_aux`` 1, 8 images x up to 3 expressions of a generated shapes corpus, fp32.
+Every variant starts from the same parameters and sees the same batches; the first two differ
+only in the optimizer kernel (``evfbench.train.build_optimizer`` picks the fused one). The
+tiny models have ~300 parameter tensors, so the for-loop optimizer's dozen small ops per
+tensor are a visible share of a step. A third variant runs the fused step under bf16 autocast,
+as ``--precision bf16`` trains: how much that buys depends on the CPU (AVX512-BF16 or AMX
+matrix units), and the shipped recipes train in fp32.
 
 The variants alternate within every repeat (which one goes first alternates too) and the
 median seconds per step of the repeats is reported. Nothing is asserted: the machine is shared

@@ -36,9 +36,10 @@ its parameters as early fusion (text first, then fusion: how ``evf_sam_tiny.shap
 Auxiliary losses for models trained from scratch (heads kept in ``trainer_state.pt``, never in
 the weights; a stage that starts from a checkpoint folder continues them): ``--category-aux``
 (what each SAM embedding position shows; with ``--category-aux-attributes color`` its classes
-are the (category, colour) pairs, and ``--category-aux-heads size`` adds a head for the size) and ``--grounding-aux`` (where the target is, on the
-early-fusion BEiT-3's vision tokens and image [CLS]); ``--beit3-position-std`` redraws BEiT-3's
-untrained vision positions at a scale the patches can carry.
+are the (category, colour) pairs, and ``--category-aux-heads size`` adds a head for the size)
+and ``--grounding-aux`` (where the target is, on the early-fusion BEiT-3's vision tokens and
+image [CLS]); ``--beit3-position-std`` redraws BEiT-3's untrained vision positions at a scale
+the patches can carry.
 
 Output folder::
 
@@ -346,9 +347,9 @@ class Trainer(nn.Module):
     With ``category_aux``, ``category_head`` maps the SAM embedding to ``n_classes + 1``
     classes (0 = background) per position: the categories, or with ``category_aux_attributes``
     the (category, attribute values) pairs of :attr:`TrainingData.pixel_classes`; then, for each
-    of ``head_classes`` (``category_aux_heads``), that many classes + 1 more (:attr:`class_splits`). With
-    ``grounding_aux``, ``grounding_head`` (:class:`GroundingHead`) reads the early-fusion
-    BEiT-3 output.
+    of ``head_classes`` (``category_aux_heads``), that many classes + 1 more
+    (:attr:`class_splits`). With ``grounding_aux``, ``grounding_head`` (:class:`GroundingHead`)
+    reads the early-fusion BEiT-3 output.
     """
 
     def __init__(self, model: Any, cfg: TrainConfig, device: torch.device, n_classes: int = 0,
