@@ -252,24 +252,28 @@ class TrainingData:
     def group(self, item: Item) -> ImageGroup:
         return self.groups[item.source][item.group]
 
-    def category_map(self, group: ImageGroup) -> np.ndarray:
-        """``(H, W)`` class index of every pixel: 1 + the position of its object's category (with
-        the ``class_attributes``) in :attr:`pixel_classes`, 0 for the background (later
-        annotations win where masks overlap)."""
-        out = np.zeros((group.height, group.width), dtype=np.int64)
-        for ann_id, ann in group.annotations.items():
-            out[ann.mask(group.height, group.width)] = self._pixel_class[self._class_key(group, ann_id)]
-        return out
-
-    def attribute_maps(self, group: ImageGroup) -> np.ndarray:
-        """``(A, H, W)`` class index of every pixel for each of the ``head_attributes``: 1 + the
-        position of its object's value in :attr:`head_values`, 0 for the background."""
-        out = np.zeros((len(self.head_values), group.height, group.width), dtype=np.int64)
+    def pixel_maps(self, group: ImageGroup, heads: bool = True) -> np.ndarray:
+        """``(1 + A, H, W)`` class index of every pixel, each object's mask decoded once: row 0
+        as :meth:`category_map`, then one row per ``head_attributes`` value (1 + its position
+        in :attr:`head_values`; A = 0 without ``heads``). 0 is the background, and later
+        annotations win where masks overlap."""
+        names = tuple(self.head_values) if heads else ()
+        out = np.zeros((1 + len(names), group.height, group.width), dtype=np.int64)
         for ann_id, ann in group.annotations.items():
             mask = ann.mask(group.height, group.width)
-            for row, (name, classes) in enumerate(self._head_class.items()):
-                out[row][mask] = classes[self._attributes(group, ann_id, (name,))[0]]
+            out[0][mask] = self._pixel_class[self._class_key(group, ann_id)]
+            for row, (name, value) in enumerate(zip(names, self._attributes(group, ann_id, names)), start=1):
+                out[row][mask] = self._head_class[name][value]
         return out
+
+    def category_map(self, group: ImageGroup) -> np.ndarray:
+        """``(H, W)`` class index of every pixel: 1 + the position of its object's category (with
+        the ``class_attributes``) in :attr:`pixel_classes`, 0 for the background."""
+        return self.pixel_maps(group, heads=False)[0]
+
+    def attribute_maps(self, group: ImageGroup) -> np.ndarray:
+        """``(A, H, W)`` class index of every pixel for each of the ``head_attributes``."""
+        return self.pixel_maps(group)[1:]
 
     def example(self, item: Item, image: np.ndarray | None = None, categories: bool = False) -> Example:
         """Load ``item`` (``image``: the group's pixels if already read; ``categories``: also
@@ -279,14 +283,14 @@ class TrainingData:
         samples = [group.samples[i] for i in item.texts]
         texts = [s.text for s in samples]
         masks = np.stack([group.target_mask(s) for s in samples])
-        cats = self.category_map(group) if categories else None
-        heads = self.attribute_maps(group) if categories and self.head_values else None
+        maps = self.pixel_maps(group) if categories else None
         if item.flip:
             image = np.ascontiguousarray(image[:, ::-1])
             masks = np.ascontiguousarray(masks[:, :, ::-1])
-            cats = None if cats is None else np.ascontiguousarray(cats[:, ::-1])
-            heads = None if heads is None else np.ascontiguousarray(heads[:, :, ::-1])
+            maps = None if maps is None else np.ascontiguousarray(maps[:, :, ::-1])
             texts = [flip_text(t) for t in texts]
+        cats = None if maps is None else maps[0]
+        heads = maps[1:] if maps is not None and self.head_values else None
         return Example(item, image, texts, masks, cats, heads)
 
 
