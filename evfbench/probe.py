@@ -32,6 +32,8 @@ from evfbench.io import atomic_write_json
 from evfbench.registry import create_model, get_split
 from evfbench.train import SAM_FILE
 
+MAX_CLASSES = 100  # more values than this is a measurement (e.g. an area), not a class
+
 
 class ProbeError(EvfbenchError):
     """A probe that cannot run as asked; the message says what to do."""
@@ -44,7 +46,11 @@ def attribute(ann: Annotation, name: str, where: str) -> Any:
     if name not in ann.attributes:
         raise ProbeError(f"{where}: annotation {ann.ann_id} has no attribute {name!r} (it records "
                          f"{sorted(ann.attributes) or 'none'})\n  fix: probe category or one of those")
-    return ann.attributes[name]
+    value = ann.attributes[name]
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ProbeError(f"{where}: annotation {ann.ann_id} has {name} = {value!r}, a measurement, not a class; the "
+                         "probe predicts classes\n  fix: probe a class attribute (shapes: category, color, size)")
+    return value
 
 
 def object_features(net: Any, groups: Sequence[ImageGroup], device: torch.device, progress: bool = True,
@@ -108,6 +114,9 @@ def probe(model: Any, data_root: Path | None, attributes: Sequence[str] = ("cate
     groups = [attribute(a, by, val_split) for a in val_objects] if by else []
     for name in attributes:
         values = sorted({attribute(a, name, train_split) for a in train_objects}, key=str)
+        if len(values) > MAX_CLASSES:
+            raise ProbeError(f"{name} takes {len(values)} values on the {train_split} objects, more than a class "
+                             f"attribute ({MAX_CLASSES})\n  fix: probe a class attribute (shapes: category, color, size)")
         index = {v: i for i, v in enumerate(values)}
         y_train = torch.tensor([index[attribute(a, name, train_split)] for a in train_objects])
         y_val = torch.tensor([index.get(attribute(a, name, val_split), -1) for a in val_objects])

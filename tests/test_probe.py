@@ -13,6 +13,7 @@ from evfbench.prep.shapes import build_shapes
 from evfbench.probe import ProbeError, attribute, fit_probe, main
 from evfbench.registry import get_split
 from evfbench.train import TrainConfig, train
+from model_fixtures import spm_folder  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +60,16 @@ def test_probe_reads_a_stage_one_run_and_the_text_stage_after_it(data_root: Path
     assert results["text"] == results["boxes"]  # the text stage kept the SAM encoder frozen
 
 
-def test_probe_errors_name_the_fix(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_probe_errors_name_the_fix(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   spm_folder: Path) -> None:
     assert main(["--data-root", str(data_root)]) == 2
     assert "give exactly one of --model" in capsys.readouterr().err
     assert main(["--run", str(tmp_path), "--data-root", str(data_root)]) == 2
     assert f"{tmp_path / 'config.yaml'} does not exist" in capsys.readouterr().err
+    assert main(["--model", "evf_sam_tiny", "--model-args", f"tokenizer={spm_folder}", "--attributes", "center",
+                 "--data-root", str(data_root), "--train-limit", "8", "--val-limit", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "has center = [" in err and "a measurement, not a class" in err
     ann = next(iter(load_split(get_split("shapes_val"), data_root)[0].annotations.values()))
     with pytest.raises(ProbeError, match=r"has no attribute 'shade' \(it records \[.*'color'.*'size'.*\]\)\n  fix: probe category"):
         attribute(ann, "shade", "shapes_val")
