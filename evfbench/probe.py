@@ -113,12 +113,13 @@ def probe(model: Any, data_root: Path | None, attributes: Sequence[str] = ("cate
     out: dict[str, Any] = {"train_objects": len(train_objects), "val_objects": len(val_objects), "accuracy": {}}
     groups = [attribute(a, by, val_split) for a in val_objects] if by else []
     for name in attributes:
-        values = sorted({attribute(a, name, train_split) for a in train_objects}, key=str)
+        train_labels = [attribute(a, name, train_split) for a in train_objects]
+        values = sorted(set(train_labels), key=str)
         if len(values) > MAX_CLASSES:
             raise ProbeError(f"{name} takes {len(values)} values on the {train_split} objects, more than a class "
                              f"attribute ({MAX_CLASSES})\n  fix: probe a class attribute (shapes: category, color, size)")
         index = {v: i for i, v in enumerate(values)}
-        y_train = torch.tensor([index[attribute(a, name, train_split)] for a in train_objects])
+        y_train = torch.tensor([index[label] for label in train_labels])
         y_val = torch.tensor([index.get(attribute(a, name, val_split), -1) for a in val_objects])
         right = fit_probe(x_train, y_train, x_val, y_val, len(values))
         out["accuracy"][name] = round(100 * right.float().mean().item(), 1)
