@@ -1027,8 +1027,12 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
         if ctx.is_main:
             if start >= cfg.steps:
                 write_logs()
+            # written whole under a temporary name, then renamed: a model/ folder is a finished run
+            partial = output_dir / ".model.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            save_weights(model, cfg, partial, cfg.final_dtype)
             shutil.rmtree(final, ignore_errors=True)
-            save_weights(model, cfg, final, cfg.final_dtype)
+            os.replace(partial, final)
             total = time.perf_counter() - t0
             print(f"trained {cfg.steps} steps ({total / 60:.1f} min) -> {final}")
         ctx.barrier()
