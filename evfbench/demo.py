@@ -62,20 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         runs = [args.runs / f"{m}__{split}" for m in models if m not in {"empty", "all_objects"}]
         gallery.render_gallery(runs, split, out, data_root, n=6)
         print(f"wrote {out}")
-    kinds = report.breakdown([args.runs / f"{m}__shapes_val" for m in models], shapes.sentence_kinds(data_root))
-    report.write_breakdown(kinds, args.reports, "by_kind", "cIoU (%) on shapes_val per sentence kind (data_prep/shapes.md, Grammar)")
     table = outcomes.outcome_table([args.runs / f"{m}__shapes_val" for m in models if m != "oracle"], "shapes_val", data_root)
     for path in outcomes.write_outcomes(table, args.reports, "shapes_val"):
         print(f"wrote {path}")
-    words = report.breakdown([args.runs / f"{m}__shapes_val" for m in models], shapes.attribute_words(data_root))
-    report.write_breakdown(words, args.reports, "by_attribute",
-                           "cIoU (%) on shapes_val 'attribute' sentences by the attributes they name (size, colour, category)")
     trained = [f"`{m}`: {Path(model_args(m)['weights']).relative_to(registry_root().parent)}/TRAINING.md"
                for m in models if m not in REFERENCE_ROWS]
     note = NOTE + ("\n\nTraining time, command, seed and logs of each trained model: " + "; ".join(trained)
                    if trained else "")
     return report.main(["--results", str(args.runs), "--layout", "shapes", "--output-dir", str(args.reports),
-                        "--title", "shapes benchmark (embedded default)", "--note", note])
+                        "--title", "shapes benchmark (embedded default)", "--note", note,
+                        "--by", "kind,attribute", "--data-root", str(data_root)])
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@
 
     python -m evfbench.report --results runs/demo --layout shapes --output-dir reports/shapes
     python -m evfbench.report --results runs --layout refcoco --published tab2_res_sota,tab6_foundation
+    python -m evfbench.report --results runs/x --layout shapes --by kind,attribute --data-root DATA
 
 Rows are models, columns the splits of a layout plus their average, cells percentages with
 one decimal as in the paper. Measured rows come from ``results.json`` files; published rows
 from ``registry/published/*.yaml`` and are marked with their source, so nobody mistakes a
 number copied from a paper for one measured here. Every table states the metric convention.
 Writes ``<output-dir>/{ciou,giou}.{csv,md,tex}`` and a ``README.md`` that stitches them.
+``--by`` also splits the ``shapes_val`` runs by the grammar rule of each sentence (``kind``:
+``by_kind.{csv,md}``) and their "attribute" sentences by the attributes they name
+(``attribute``: ``by_attribute.{csv,md}``): where a model's errors are, which one average hides.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from evfbench.cards import model_cards, published_tables
 from evfbench.errors import EvfbenchError, cli
 from evfbench.io import atomic_write_text
 from evfbench.metrics import CONVENTION
+from evfbench.prep import shapes
 from evfbench.results import RESULTS, iter_samples, load_results
 
 LAYOUTS: dict[str, list[str]] = {
@@ -185,13 +190,43 @@ def breakdown(run_dirs: list[Path], labels: dict[int, str]) -> pd.DataFrame:
     return table[["model", "split", *order]]
 
 
-def write_breakdown(table: pd.DataFrame, output_dir: Path, name: str, title: str) -> None:
-    """``<name>.csv`` and ``<name>.md`` of a :func:`breakdown` table."""
+def breakdown_markdown(table: pd.DataFrame) -> str:
+    """A :func:`breakdown` table in markdown: cIoU with one decimal, sentence counts whole."""
     pretty = table.copy()
     for c in pretty.columns[2:]:
         pretty[c] = [f"{v:.0f}" if m == "sentences" else f"{v:.1f}" for m, v in zip(pretty["model"], pretty[c])]
+    return _markdown(pretty)
+
+
+def write_breakdown(table: pd.DataFrame, output_dir: Path, name: str, title: str) -> None:
+    """``<name>.csv`` and ``<name>.md`` of a :func:`breakdown` table."""
     atomic_write_text(output_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.4f"))
-    atomic_write_text(output_dir / f"{name}.md", f"# {title}\n\n{_markdown(pretty)}\n")
+    atomic_write_text(output_dir / f"{name}.md", f"# {title}\n\n{breakdown_markdown(table)}\n")
+
+
+BREAKDOWNS: dict[str, tuple[str, str]] = {  # --by: file name, title
+    "kind": ("by_kind", "cIoU (%) on shapes_val per sentence kind (data_prep/shapes.md, Grammar)"),
+    "attribute": ("by_attribute", "cIoU (%) on shapes_val 'attribute' sentences by the attributes they name "
+                                  "(size, colour, category)"),
+}
+
+
+def write_breakdowns(results: list[Path], output_dir: Path, by: list[str], data_root: Path | None) -> list[pd.DataFrame]:
+    """The ``--by`` tables of every ``*__shapes_val`` run under ``results``, written to ``output_dir``."""
+    unknown = sorted(set(by) - set(BREAKDOWNS))
+    if unknown:
+        raise EvfbenchError(f"--by {','.join(unknown)}: unknown; known: {','.join(BREAKDOWNS)}")
+    runs = sorted(d for r in results for d in Path(r).glob("*__shapes_val") if (d / RESULTS).is_file())
+    if not runs:
+        raise EvfbenchError(f"--by needs shapes_val runs; none under {', '.join(map(str, results))}\n"
+                            "  fix: python -m evfbench.run --split shapes_val --output-dir <one of them>")
+    labels = {"kind": shapes.sentence_kinds, "attribute": shapes.attribute_words}
+    tables = []
+    for name in by:
+        table = breakdown(runs, labels[name](data_root))
+        write_breakdown(table, output_dir, *BREAKDOWNS[name])
+        tables.append(table)
+    return tables
 
 
 @cli
@@ -206,12 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", type=Path, default=Path("reports"))
     p.add_argument("--title", default=None)
     p.add_argument("--note", default=None, help="a paragraph for the README (e.g. how to regenerate)")
+    p.add_argument("--by", default="", help="also break the shapes_val runs down by sentence kind and/or by the "
+                   f"attributes an 'attribute' sentence names, comma-separated ({','.join(BREAKDOWNS)})")
+    p.add_argument("--data-root", type=Path, default=None, help="the shapes corpus the runs were evaluated on (--by)")
     args = p.parse_args(argv)
+    by = [b for b in args.by.split(",") if b]
+    parts = write_breakdowns(args.results, args.output_dir, by, args.data_root) if by else []
     tables = write_tables(args.results, args.output_dir, args.layout,
                           [n for n in args.published.split(",") if n], args.title, args.note)
     print(f"cIoU (%), {args.layout} layout; convention: EVF-SAM/LISA (see {args.output_dir / 'README.md'})\n")
     print(_markdown(_format(tables["ciou"])))
     print(f"\nwrote {args.output_dir}/{{ciou,giou}}.{{csv,md,tex}} and README.md")
+    for name, table in zip(by, parts):
+        file, title = BREAKDOWNS[name]
+        print(f"\n{title}\n\n{breakdown_markdown(table)}\nwrote {args.output_dir / file}.{{csv,md}}")
     return 0
 
 

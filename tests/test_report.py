@@ -106,6 +106,23 @@ def test_report_cli_and_missing_results(evaluated, tmp_path: Path, capsys: pytes
     assert "no results.json" in capsys.readouterr().err
 
 
+def test_report_by_kind_and_attribute(evaluated, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, runs, _ = evaluated
+    out = tmp_path / "r"
+    assert report_main(["--results", str(runs), "--layout", "shapes", "--output-dir", str(out),
+                        "--by", "kind,attribute", "--data-root", str(root)]) == 0
+    printed = capsys.readouterr().out
+    for name, labels in (("by_kind", sentence_kinds(root)), ("by_attribute", attribute_words(root))):
+        written = pd.read_csv(out / f"{name}.csv")
+        expected = breakdown(sorted(runs.glob("*__shapes_val")), labels)
+        pd.testing.assert_frame_equal(written, expected, check_dtype=False, atol=1e-4)
+        assert f"wrote {out / name}.{{csv,md}}" in printed
+    assert report_main(["--results", str(runs), "--output-dir", str(out), "--by", "words"]) == 2
+    assert "--by words: unknown; known: kind,attribute" in capsys.readouterr().err
+    assert report_main(["--results", str(out), "--output-dir", str(out), "--by", "kind", "--data-root", str(root)]) == 2
+    assert "--by needs shapes_val runs" in capsys.readouterr().err
+
+
 def test_gallery_draws_every_model(evaluated, tmp_path: Path) -> None:
     root, runs, _ = evaluated
     out = render_gallery([runs / "oracle__shapes_val", runs / "box__shapes_val"], "shapes_val",
