@@ -11,8 +11,10 @@ runs/<stage>/model`` in its config). A recipe file lists them in order::
 ``config`` is relative to the recipe file; ``output`` is the run folder under
 ``<workdir>/runs/``. Every stage runs in ``<workdir>``, so the configs' relative paths resolve,
 as ``torchrun --nproc_per_node N`` (cores / N threads each unless ``OMP_NUM_THREADS`` is set)
-or, with ``--nproc 1``, as one process. A finished stage (its ``model/`` exists) is skipped and
-an interrupted one resumed from its last checkpoint: rerunning the command continues the chain.
+or, with ``--nproc 1``, as one process. A finished stage (its ``model/`` exists) is skipped,
+once its ``config.yaml`` is found to match the stage's (all but ``data_root`` and the fields
+that do not change a run), and an interrupted one is resumed from its last checkpoint:
+rerunning the command continues the chain.
 Before anything runs, every link is checked: each path under ``runs/`` must name an earlier
 stage and a checkpoint that stage keeps. At the end (and with ``--dry-run`` once some stage has
 run) a table gives each stage's minutes and the cIoU of its last evaluation (the run's own:
@@ -36,7 +38,7 @@ import yaml
 
 from evfbench.cards import registry_root
 from evfbench.errors import EvfbenchError, cli
-from evfbench.train import TrainConfig, build_parser as train_parser, config_from_args, read_csv
+from evfbench.train import TrainConfig, build_parser as train_parser, config_changes, config_from_args, read_csv
 
 
 class RecipeError(EvfbenchError):
@@ -112,15 +114,32 @@ def check_links(path: Path, stages: list[Stage]) -> None:
                                       f"  fix: point {field} at step-{source.config.steps:06d}")
 
 
-def command(stage: Stage, nproc: int, data_root: Path | None, seed: int | None, resume: bool) -> list[str]:
+def train_argv(stage: Stage, data_root: Path | None, seed: int | None) -> list[str]:
+    """The ``evfbench.train`` arguments of a stage (paths absolute: it runs in the work folder)."""
+    argv = ["--config", str(stage.config_path), "--output-dir", str(stage.run_dir)]
+    if data_root is not None:
+        argv += ["--data-root", str(data_root.resolve())]
+    return argv + (["--seed", str(seed)] if seed is not None else [])
+
+
+def check_finished(stage: Stage, folder: Path, argv: list[str]) -> None:
+    """A finished run must be the one this stage would train, or the chain would build on another."""
+    if not (folder / "config.yaml").is_file():
+        raise RecipeError(f"{folder} holds a model/ but no config.yaml, so it cannot be checked against stage "
+                          f"{stage.output}\n  fix: use another --workdir, or delete that folder to train it again")
+    changes = config_changes(folder, config_from_args(train_parser().parse_args(argv)))
+    changes.pop("data_root", None)
+    if changes:
+        lines = "\n  ".join(f"{k}: was {old!r}, the stage asks {new!r}" for k, (old, new) in changes.items())
+        raise RecipeError(f"{folder} is finished but was trained with other settings than stage {stage.output} "
+                          f"({stage.config_path}):\n  {lines}\n"
+                          "  fix: use another --workdir, or delete that folder to train it again")
+
+
+def command(argv: list[str], nproc: int, resume: bool) -> list[str]:
     launcher = [sys.executable, "-m", "evfbench.train"] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "evfbench.train"]
-    cmd = launcher + ["--config", str(stage.config_path), "--output-dir", str(stage.run_dir)]
-    if data_root is not None:
-        cmd += ["--data-root", str(data_root.resolve())]
-    if seed is not None:
-        cmd += ["--seed", str(seed)]
-    return cmd + (["--resume"] if resume else [])
+    return launcher + argv + (["--resume"] if resume else [])
 
 
 def summary(stages: list[Stage], workdir: Path) -> str:
@@ -162,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     for i, stage in enumerate(stages, 1):
         folder = args.workdir / stage.run_dir
         head = f"[{i}/{len(stages)}] {stage.output}"
+        stage_argv = train_argv(stage, args.data_root, args.seed)
         if (folder / "model").is_dir():
+            check_finished(stage, folder, stage_argv)
             print(f"{head}: done ({folder / 'model'})")
             continue
         resume = (folder / "checkpoints" / "LATEST").is_file()
-        cmd = command(stage, args.nproc, args.data_root, args.seed, resume)
+        cmd = command(stage_argv, args.nproc, resume)
         print(f"{head}: {'resuming' if resume else 'training'}: {' '.join(cmd)}", flush=True)
         if args.dry_run:
             continue

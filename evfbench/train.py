@@ -810,13 +810,19 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
+def config_changes(output_dir: Path, cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (was, now)}`` for each field outside :data:`RESUME_FREE` in which ``cfg``
+    differs from the run in ``output_dir`` (its ``config.yaml``): would ``cfg`` train another run?"""
+    path = output_dir / "config.yaml"
+    old = dataclasses.asdict(TrainConfig.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path)))
+    return {k: (old[k], v) for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE and old[k] != v}
+
+
 def _check_resume_config(output_dir: Path, cfg: TrainConfig) -> None:
     path = output_dir / "config.yaml"
     if not path.is_file():
         raise TrainError(f"--resume: {path} is missing, so the run cannot be checked\n  fix: start a new run without --resume")
-    old = TrainConfig.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
-    diff = {k: (getattr(old, k), v) for k, v in dataclasses.asdict(cfg).items()
-            if k not in RESUME_FREE and dataclasses.asdict(old)[k] != v}
+    diff = config_changes(output_dir, cfg)
     if diff:
         lines = "\n  ".join(f"{k}: was {o!r}, now {n!r}" for k, (o, n) in diff.items())
         raise TrainError(f"--resume with settings that change the run ({path}):\n  {lines}\n"

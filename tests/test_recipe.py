@@ -84,3 +84,6 @@ def test_a_chain_runs_skips_finished_stages_and_resumes(tmp_path: Path, capsys: 
     out = capsys.readouterr().out
     assert "[1/2] s1: done" in out and "[2/2] s2: resuming" in out
     assert s1.stat().st_mtime_ns == first and s2.is_file()
+
+    assert recipe.main(argv + ["--seed", "1"]) == 2  # finished runs of another seed are not built on
+    assert "seed: was 0, the stage asks 1" in capsys.readouterr().err
