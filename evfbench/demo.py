@@ -2,7 +2,8 @@
 
 1. build the synthetic ``shapes`` benchmark (refer layout; skipped when already built);
 2. evaluate the reference rows and every model whose card ships trained ``shapes`` weights
-   on shapes val/testA/testB (resumable: a rerun only does what is missing);
+   on shapes val/testA/testB (resumable: a rerun only does what is missing, and redoes a model
+   whose weights changed);
 3. write the comparison tables (CSV, markdown, LaTeX), breakdowns of val by sentence kind and by
    the attributes an "attribute" sentence names, what the wrong masks cover
    (:mod:`evfbench.outcomes`), and overlay galleries to ``reports/shapes``.
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if shapes.main(["shapes", "--data-root", str(data_root)]):
         return 1
     models = REFERENCE_ROWS + trained_models()
-    run.run(models, SPLITS, data_root=data_root, output_dir=args.runs, resume=True, save_masks=True)
+    run.run(models, SPLITS, data_root=data_root, output_dir=args.runs, resume=True, refresh=True, save_masks=True)
     for split in SPLITS:
         out = args.reports / f"gallery_{split}.png"
         runs = [args.runs / f"{m}__{split}" for m in models if m not in {"empty", "all_objects"}]

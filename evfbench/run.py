@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import platform
 import subprocess
@@ -39,7 +40,7 @@ from evfbench.errors import EvfbenchError, cli
 from evfbench.io import atomic_write_json
 from evfbench.metrics import CONVENTION, MetricAccumulator, add_exact, intersection_union
 from evfbench.models.base import SegmentationModel
-from evfbench.registry import create_model, get_model_card, get_split
+from evfbench.registry import create_model, get_model_card, get_split, model_args as card_args
 
 SYNC_SECONDS = 5.0  # fsync the sample log at most this often; every image is flushed anyway
 
@@ -95,10 +96,36 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _check_run_spec(folder: Path, spec: dict[str, Any], resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two different runs in one folder, and to redo finished work by accident."""
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".pth", ".pt", ".bin", ".json", ".model"})
+
+
+def weights_sha256(model: str, overrides: dict[str, Any]) -> dict[str, str]:
+    """``{argument: sha256}`` of each local file or folder the model's arguments name (its weight,
+    config and tokenizer files): a card's weights can change under the same name, and a run of
+    the old ones must not pass for one of the new."""
+    out = {}
+    for key, value in card_args(model, **overrides).items():
+        path = Path(value) if isinstance(value, str) and value else None
+        if path is None or not path.exists():
+            continue
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.name.encode() + b"\0")
+            with file.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        out[key] = digest.hexdigest()
+    return out
+
+
+def _check_run_spec(folder: Path, spec: dict[str, Any], resume: bool, overwrite: bool, refresh: bool = False) -> None:
+    """Refuse to mix two different runs in one folder, and to redo finished work by accident;
+    with ``refresh``, a run started with other settings (or other weights) starts over."""
     spec_path = folder / rs.RUN
     started = spec_path.is_file()
+    if started and refresh:
+        overwrite = overwrite or json.loads(spec_path.read_text(encoding="utf-8")) != spec
     if started and overwrite:
         for path in [*rs.sample_files(folder), folder / rs.RESULTS, spec_path]:
             path.unlink(missing_ok=True)
@@ -215,8 +242,12 @@ def run(
     resume: bool = False,
     overwrite: bool = False,
     save_masks: bool = False,
+    refresh: bool = False,
 ) -> list[dict[str, Any]]:
-    """Evaluate every model on every split; returns the results dicts (also written to disk)."""
+    """Evaluate every model on every split; returns the results dicts (also written to disk).
+
+    ``refresh`` (with ``resume``): keep what was done with the same settings and weights, and
+    start over where they changed (``make demo`` after new weights are shipped)."""
     model_args = dict(model_args or {})
     cards = [get_split(s) for s in splits]  # unknown names fail before any work
     for name in models:
@@ -229,14 +260,15 @@ def run(
             get_model = functools.cache(
                 functools.partial(create_model, name, device=dev, batch_size=batch_size, **model_args)
             )
+            weights = weights_sha256(name, model_args)
             for card in cards:
                 groups = limit_groups(load_split(card, data_root), limit)
                 folder = rs.run_dir(output_dir, name, card.name)
                 spec = {"model": name, "model_args": model_args, "split": card.name,
-                        "limit": limit, "save_masks": save_masks}
+                        "limit": limit, "save_masks": save_masks, "weights_sha256": weights}
                 if ctx.is_main:
                     folder.mkdir(parents=True, exist_ok=True)
-                    _check_run_spec(folder, spec, resume, overwrite)
+                    _check_run_spec(folder, spec, resume, overwrite, refresh)
                 ctx.barrier()
                 scored = evaluate_split(name, get_model, card, groups, folder, ctx, save_masks)
                 model_card, _ = get_model_card(name)
@@ -246,6 +278,7 @@ def run(
                     "split": card.name,
                     "card": {k: v for k, v in vars(card).items() if k != "path"},
                     "uses_ground_truth": model_card.uses_ground_truth,
+                    "weights_sha256": weights,
                     "convention": CONVENTION,
                     **scored,
                     "limit": limit,

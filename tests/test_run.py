@@ -112,6 +112,31 @@ def test_finished_run_resumes_without_building_the_model(data_root: Path, tmp_pa
     assert again["metrics"] == first["metrics"] and again["n_scored_this_run"] == 0
 
 
+def test_changed_weights_are_another_run(data_root: Path, tmp_path: Path) -> None:
+    """A card's weights can change under the same name (new shipped weights): a resumed run
+    refuses them, and a refreshing one (make demo) scores again instead of keeping stale numbers."""
+    from evfbench.registry import model_args
+
+    weights = tmp_path / "weights"
+    shutil.copytree(model_args("evf_sam_tiny.shapes")["weights"], weights)
+    args = {"weights": str(weights)}
+    first = run(["evf_sam_tiny.shapes"], [SPLIT], data_root=data_root, output_dir=tmp_path / "runs", model_args=args)[0]
+    assert first["weights_sha256"] == run_module.weights_sha256("evf_sam_tiny.shapes", args)
+    (weights / "TRAINING.md").write_text("notes change nothing")  # not a weights file
+    again = run(["evf_sam_tiny.shapes"], [SPLIT], data_root=data_root, output_dir=tmp_path / "runs", model_args=args,
+                resume=True, refresh=True)[0]
+    assert again["n_scored_this_run"] == 0
+    config = json.loads((weights / "tokenizer_config.json").read_text())
+    (weights / "tokenizer_config.json").write_text(json.dumps(config, indent=4))  # same tokenizer, other bytes
+    with pytest.raises(RunError, match="different settings.*weights_sha256"):
+        run(["evf_sam_tiny.shapes"], [SPLIT], data_root=data_root, output_dir=tmp_path / "runs", model_args=args,
+            resume=True)
+    fresh = run(["evf_sam_tiny.shapes"], [SPLIT], data_root=data_root, output_dir=tmp_path / "runs", model_args=args,
+                resume=True, refresh=True)[0]
+    assert fresh["n_scored_this_run"] == fresh["n_sentences"] and fresh["metrics"] == first["metrics"]
+    assert fresh["weights_sha256"] != first["weights_sha256"]
+
+
 def test_limit_cuts_inside_an_image(data_root: Path, tmp_path: Path) -> None:
     out = run(["oracle"], [SPLIT], data_root=data_root, output_dir=tmp_path, limit=4)[0]
     assert out["n_sentences"] == 4
