@@ -148,11 +148,11 @@ def summary(stages: list[Stage], workdir: Path) -> str:
     for stage in stages:
         folder = workdir / stage.run_dir
         log = read_csv(folder / "train_log.csv")
-        minutes = float(log[-1]["elapsed_s"]) / 60 if log else float("nan")
-        total += minutes if log else 0.0
+        minutes = float(log[-1]["elapsed_s"]) / 60 if log else 0.0
+        total += minutes
         evals = [r for r in read_csv(folder / "eval_log.csv") if r["split"] == stage.config.val_split]
         ciou = f"{float(evals[-1]['ciou']):.3f}" if evals else "-"
-        lines.append(f"{stage.output:<36} {stage.config.steps:>6} {minutes:>6.1f} {ciou:>9}")
+        lines.append(f"{stage.output:<36} {stage.config.steps:>6} {f'{minutes:.1f}' if log else '-':>6} {ciou:>9}")
     lines.append(f"{'total':<36} {'':>6} {total:>6.1f}")
     return "\n".join(lines)
 
