@@ -124,9 +124,11 @@ def _check_run_spec(folder: Path, spec: dict[str, Any], resume: bool, overwrite:
     with ``refresh``, a run started with other settings (or other weights) starts over."""
     spec_path = folder / rs.RUN
     started = spec_path.is_file()
-    if started and refresh:
-        overwrite = overwrite or json.loads(spec_path.read_text(encoding="utf-8")) != spec
-    if started and overwrite:
+    diff: dict[str, tuple[Any, Any]] = {}
+    if started and not overwrite:
+        old = json.loads(spec_path.read_text(encoding="utf-8"))
+        diff = {k: (old.get(k), v) for k, v in spec.items() if old.get(k) != v}
+    if started and (overwrite or (refresh and diff)):
         for path in [*rs.sample_files(folder), folder / rs.RESULTS, spec_path]:
             path.unlink(missing_ok=True)
         started = False
@@ -134,14 +136,11 @@ def _check_run_spec(folder: Path, spec: dict[str, Any], resume: bool, overwrite:
         state = "finished" if (folder / rs.RESULTS).is_file() else "unfinished"
         raise RunError(f"{folder} already holds an {state} run.\n"
                        "  fix: pass --resume to continue it (finished sentences are kept) or --overwrite to start over")
-    if started:
-        old = json.loads(spec_path.read_text(encoding="utf-8"))
-        diff = {k: (old.get(k), v) for k, v in spec.items() if old.get(k) != v}
-        if diff:
-            raise RunError(f"--resume: {spec_path} was started with different settings "
-                           f"{ {k: o for k, (o, _) in diff.items()} }, now { {k: n for k, (_, n) in diff.items()} }.\n"
-                           "  fix: rerun with the original settings, or use --overwrite / another --output-dir")
-    else:
+    if started and diff:
+        raise RunError(f"--resume: {spec_path} was started with different settings "
+                       f"{ {k: o for k, (o, _) in diff.items()} }, now { {k: n for k, (_, n) in diff.items()} }.\n"
+                       "  fix: rerun with the original settings, or use --overwrite / another --output-dir")
+    if not started:
         atomic_write_json(spec_path, spec)
 
 
