@@ -1,6 +1,6 @@
 """Run a chain of training stages in order: ``python -m evfbench.recipe``.
 
-The shipped tiny weights come from chains of four or five ``evfbench.train`` stages, each starting from
+The shipped tiny weights come from chains of six ``evfbench.train`` stages, each starting from
 an earlier one (``init: runs/<stage>/checkpoints/step-N`` or ``sam_checkpoint:
 runs/<stage>/model`` in its config). A recipe file lists them in order::
 
