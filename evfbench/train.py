@@ -170,7 +170,8 @@ class TrainConfig:
     # Annotation attributes with a per-pixel head of their own beside the category head (classes:
     # the attribute's values and the background), in the same loss and weight: with [size], the
     # embedding is asked for each pixel's size class without splitting every (category, colour)
-    # class in three, which wore the category away (TRAINING.md, run DN).
+    # class in three, which wore the category away (TRAINING.md, run DN). Derived attributes count
+    # too (train_data.DERIVED_ATTRIBUTES: shapes' hidden, the share of a shape others cover).
     category_aux_heads: list[str] = field(default_factory=list)
     # sam_boxes stage: the probability that a target is prompted by one point drawn from its mask
     # instead of its box. SAM itself trains on points and boxes; a point is one positional token,
@@ -1086,7 +1087,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category-aux-attributes", type=_csv_list, help="annotation attributes crossed with the category in "
                    "the classes of --category-aux, e.g. color (shapes): one class per (category, colour)")
     p.add_argument("--category-aux-heads", type=_csv_list, help="annotation attributes with a per-pixel head of their "
-                   "own in the --category-aux loss, e.g. size (shapes): one class per size")
+                   "own in the --category-aux loss, e.g. size (shapes): one class per size; hidden (shapes, derived from "
+                   "full_area): whole, slightly or partly covered by other shapes")
     p.add_argument("--grounding-aux", type=float, help="weight of a loss teaching the early-fusion BEiT-3 where the "
                    "target is (per-patch cover, and the image [CLS]'s distribution over the patches)")
     p.add_argument("--beit3-position-std", type=float, help="redraw BEiT-3's vision position table with this std "

@@ -30,20 +30,32 @@ import io
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from evfbench.cards import SplitCard
 from evfbench.data.refer import category_names, load_split
-from evfbench.data.types import ImageGroup, Sample
+from evfbench.data.types import Annotation, ImageGroup, Sample
 from evfbench.errors import EvfbenchError
 from evfbench.registry import get_split
 
 __all__ = ["flip_text", "Item", "Example", "TrainingData", "resolve_train_split", "semantic_samples", "named_sentences",
-           "source_groups", "train_tokenizer", "SEMANTIC"]
+           "source_groups", "train_tokenizer", "SEMANTIC", "DERIVED_ATTRIBUTES"]
 
 SEMANTIC = "[semantic]"  # the multitask checkpoints' added token; semantic prompts are "[semantic] {category}"
+
+
+def _hidden(ann: Annotation) -> str:
+    from evfbench.prep.shapes import hidden_share
+
+    return hidden_share(ann.area, ann.attributes["full_area"])
+
+
+# Attributes computed from a record: name -> (the recorded attribute they need, how). ``hidden``
+# is the share of a shape that others cover (shapes), which its "hidden" and "occlusion" sentences
+# name and nothing else in the record says per pixel.
+DERIVED_ATTRIBUTES: dict[str, tuple[str, Callable[[Annotation], Any]]] = {"hidden": ("full_area", _hidden)}
 
 # "left"/"right" as a word or the start of leftmost / left-most / lefthand / left-hand ...
 _HORIZONTAL = re.compile(r"\b(left|right)(?=(most|-most|hand|-hand|ward|wards)?\b)", re.IGNORECASE)
@@ -216,15 +228,20 @@ class TrainingData:
         self._head_class = {a: {v: k + 1 for k, v in enumerate(values)} for a, values in self.head_values.items()}
 
     def _attributes(self, group: ImageGroup, ann_id: int, names: Sequence[str]) -> tuple[Any, ...]:
-        """The values of attributes ``names`` of annotation ``ann_id``; a clear error if one is missing."""
+        """The values of attributes ``names`` of annotation ``ann_id`` (recorded, or one of
+        :data:`DERIVED_ATTRIBUTES`); a clear error if one is missing."""
         ann = group.annotations[ann_id]
-        missing = [a for a in names if a not in ann.attributes]
+        values = dict(ann.attributes)
+        for name in names:
+            if name not in values and name in DERIVED_ATTRIBUTES and DERIVED_ATTRIBUTES[name][0] in values:
+                values[name] = DERIVED_ATTRIBUTES[name][1](ann)
+        missing = [a for a in names if a not in values]
         if missing:
             raise EvfbenchError(f"image {group.image_id} ({group.path}), annotation {ann_id}: its instances.json record has no "
                                 f"attribute {missing} (it has {sorted(ann.attributes) or 'none'})\n  fix: name only attributes "
                                 "every annotation records in --category-aux-attributes and --category-aux-heads (shapes "
-                                "records color and size)")
-        return tuple(ann.attributes[a] for a in names)
+                                "records color and size, and full_area, from which training derives hidden)")
+        return tuple(values[a] for a in names)
 
     def _class_key(self, group: ImageGroup, ann_id: int) -> tuple[Any, ...]:
         """``(category_id, *attribute values)``: the pixel class of annotation ``ann_id``."""

@@ -837,6 +837,14 @@ def attribute_words(root: Path | None = None) -> dict[int, str]:
     return out
 
 
+def hidden_share(area: float, full_area: float) -> str:
+    """A shape's hidden share in the three classes its "hidden" sentences tell apart: ``partly``
+    ("the partially hidden circle"), ``whole`` (never called hidden) and ``slightly`` (neither).
+    Training reads it as the derived attribute ``hidden`` (:mod:`evfbench.train_data`)."""
+    hidden = _trinary(area / full_area, 1 - HIDDEN_TRUE, 1 - HIDDEN_FALSE)
+    return "slightly" if hidden is None else "partly" if hidden else "whole"
+
+
 def format_statistics(stats: Mapping[str, Mapping[str, int]]) -> str:
     """A markdown table of refs / sentences / images per split."""
     lines = ["| split | refs | sentences | images |", "|---|---:|---:|---:|"]
