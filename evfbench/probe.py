@@ -9,7 +9,8 @@ object is the mean of the embedding over its mask at the embedding's grid; a mul
 logistic regression (L-BFGS, a small L2 penalty), fitted on the objects of the first
 ``--train-limit`` train images, predicts an attribute of the objects of the first
 ``--val-limit`` val images. ``category`` is the object's category; any other name is an
-``attributes`` field of ``instances.json`` (``shapes`` records ``color`` and ``size``).
+``attributes`` field of ``instances.json`` (``shapes`` records ``color`` and ``size``) or a
+derived one (``hidden``: how much of a shape others cover).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from evfbench.errors import EvfbenchError, cli
 from evfbench.io import atomic_write_json
 from evfbench.registry import create_model, get_split
 from evfbench.train import SAM_FILE
+from evfbench.train_data import attribute_value
 
 MAX_CLASSES = 100  # more values than this is a measurement (e.g. an area), not a class
 
@@ -40,13 +42,15 @@ class ProbeError(EvfbenchError):
 
 
 def attribute(ann: Annotation, name: str, where: str) -> Any:
-    """``category`` -> the category id; any other name -> that ``attributes`` field."""
+    """``category`` -> the category id; any other name -> that ``attributes`` field, or the
+    derived attribute of that name (``hidden``: :data:`evfbench.train_data.DERIVED_ATTRIBUTES`)."""
     if name == "category":
         return ann.category_id
-    if name not in ann.attributes:
+    try:
+        value = attribute_value(ann, name)
+    except KeyError:
         raise ProbeError(f"{where}: annotation {ann.ann_id} has no attribute {name!r} (it records "
-                         f"{sorted(ann.attributes) or 'none'})\n  fix: probe category or one of those")
-    value = ann.attributes[name]
+                         f"{sorted(ann.attributes) or 'none'})\n  fix: probe category or one of those") from None
     if not isinstance(value, (str, int)) or isinstance(value, bool):
         raise ProbeError(f"{where}: annotation {ann.ann_id} has {name} = {value!r}, a measurement, not a class; the "
                          "probe predicts classes\n  fix: probe a class attribute (shapes: category, color, size)")

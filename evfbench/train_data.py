@@ -41,7 +41,8 @@ from evfbench.errors import EvfbenchError
 from evfbench.registry import get_split
 
 __all__ = ["flip_text", "Item", "Example", "TrainingData", "resolve_train_split", "semantic_samples", "named_sentences",
-           "source_groups", "train_tokenizer", "SEMANTIC", "DERIVED_ATTRIBUTES"]
+           "source_groups", "train_tokenizer", "SEMANTIC", "DERIVED_ATTRIBUTES",
+           "attribute_value"]
 
 SEMANTIC = "[semantic]"  # the multitask checkpoints' added token; semantic prompts are "[semantic] {category}"
 
@@ -56,6 +57,17 @@ def _hidden(ann: Annotation) -> str:
 # is the share of a shape that others cover (shapes), which its "hidden" and "occlusion" sentences
 # name and nothing else in the record says per pixel.
 DERIVED_ATTRIBUTES: dict[str, tuple[str, Callable[[Annotation], Any]]] = {"hidden": ("full_area", _hidden)}
+
+
+def attribute_value(ann: Annotation, name: str) -> Any:
+    """The ``attributes`` field ``name`` of ``ann``, or the derived attribute of that name
+    (:data:`DERIVED_ATTRIBUTES`); ``KeyError`` if it has neither."""
+    if name in ann.attributes:
+        return ann.attributes[name]
+    needs, derive = DERIVED_ATTRIBUTES.get(name, ("", None))
+    if derive is None or needs not in ann.attributes:
+        raise KeyError(name)
+    return derive(ann)
 
 # "left"/"right" as a word or the start of leftmost / left-most / lefthand / left-hand ...
 _HORIZONTAL = re.compile(r"\b(left|right)(?=(most|-most|hand|-hand|ward|wards)?\b)", re.IGNORECASE)
@@ -231,10 +243,12 @@ class TrainingData:
         """The values of attributes ``names`` of annotation ``ann_id`` (recorded, or one of
         :data:`DERIVED_ATTRIBUTES`); a clear error if one is missing."""
         ann = group.annotations[ann_id]
-        values = dict(ann.attributes)
+        values = {}
         for name in names:
-            if name not in values and name in DERIVED_ATTRIBUTES and DERIVED_ATTRIBUTES[name][0] in values:
-                values[name] = DERIVED_ATTRIBUTES[name][1](ann)
+            try:
+                values[name] = attribute_value(ann, name)
+            except KeyError:
+                pass
         missing = [a for a in names if a not in values]
         if missing:
             raise EvfbenchError(f"image {group.image_id} ({group.path}), annotation {ann_id}: its instances.json record has no "

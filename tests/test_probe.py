@@ -73,3 +73,9 @@ def test_probe_errors_name_the_fix(data_root: Path, tmp_path: Path, capsys: pyte
     ann = next(iter(load_split(get_split("shapes_val"), data_root)[0].annotations.values()))
     with pytest.raises(ProbeError, match=r"has no attribute 'shade' \(it records \[.*'color'.*'size'.*\]\)\n  fix: probe category"):
         attribute(ann, "shade", "shapes_val")
+
+
+def test_probe_reads_the_derived_hidden_attribute(data_root: Path) -> None:
+    anns = [a for g in load_split(get_split("shapes_val"), data_root) for a in g.annotations.values()]
+    assert {attribute(a, "hidden", "shapes_val") for a in anns} <= {"whole", "slightly", "partly"}
+    assert all(attribute(a, "hidden", "shapes_val") == "whole" for a in anns if a.area == a.attributes["full_area"])
