@@ -41,8 +41,7 @@ from evfbench.errors import EvfbenchError
 from evfbench.registry import get_split
 
 __all__ = ["flip_text", "Item", "Example", "TrainingData", "resolve_train_split", "semantic_samples", "named_sentences",
-           "source_groups", "train_tokenizer", "SEMANTIC", "DERIVED_ATTRIBUTES",
-           "attribute_value"]
+           "source_groups", "train_tokenizer", "SEMANTIC", "DERIVED_ATTRIBUTES", "attribute_value"]
 
 SEMANTIC = "[semantic]"  # the multitask checkpoints' added token; semantic prompts are "[semantic] {category}"
 
@@ -68,6 +67,7 @@ def attribute_value(ann: Annotation, name: str) -> Any:
     if derive is None or needs not in ann.attributes:
         raise KeyError(name)
     return derive(ann)
+
 
 # "left"/"right" as a word or the start of leftmost / left-most / lefthand / left-hand ...
 _HORIZONTAL = re.compile(r"\b(left|right)(?=(most|-most|hand|-hand|ward|wards)?\b)", re.IGNORECASE)
@@ -243,19 +243,18 @@ class TrainingData:
         """The values of attributes ``names`` of annotation ``ann_id`` (recorded, or one of
         :data:`DERIVED_ATTRIBUTES`); a clear error if one is missing."""
         ann = group.annotations[ann_id]
-        values = {}
+        values, missing = [], []
         for name in names:
             try:
-                values[name] = attribute_value(ann, name)
+                values.append(attribute_value(ann, name))
             except KeyError:
-                pass
-        missing = [a for a in names if a not in values]
+                missing.append(name)
         if missing:
             raise EvfbenchError(f"image {group.image_id} ({group.path}), annotation {ann_id}: its instances.json record has no "
                                 f"attribute {missing} (it has {sorted(ann.attributes) or 'none'})\n  fix: name only attributes "
                                 "every annotation records in --category-aux-attributes and --category-aux-heads (shapes "
                                 "records color and size, and full_area, from which training derives hidden)")
-        return tuple(values[a] for a in names)
+        return tuple(values)
 
     def _class_key(self, group: ImageGroup, ann_id: int) -> tuple[Any, ...]:
         """``(category_id, *attribute values)``: the pixel class of annotation ``ann_id``."""
