@@ -53,7 +53,7 @@ def attribute(ann: Annotation, name: str, where: str) -> Any:
                          f"{sorted(ann.attributes) or 'none'})\n  fix: probe category or one of those") from None
     if not isinstance(value, (str, int)) or isinstance(value, bool):
         raise ProbeError(f"{where}: annotation {ann.ann_id} has {name} = {value!r}, a measurement, not a class; the "
-                         "probe predicts classes\n  fix: probe a class attribute (shapes: category, color, size)")
+                         "probe predicts classes\n  fix: probe a class attribute (shapes: category, color, size, hidden)")
     return value
 
 
@@ -121,7 +121,7 @@ def probe(model: Any, data_root: Path | None, attributes: Sequence[str] = ("cate
         values = sorted(set(train_labels), key=str)
         if len(values) > MAX_CLASSES:
             raise ProbeError(f"{name} takes {len(values)} values on the {train_split} objects, more than a class "
-                             f"attribute ({MAX_CLASSES})\n  fix: probe a class attribute (shapes: category, color, size)")
+                             f"attribute ({MAX_CLASSES})\n  fix: probe a class attribute (shapes: category, color, size, hidden)")
         index = {v: i for i, v in enumerate(values)}
         y_train = torch.tensor([index[label] for label in train_labels])
         y_val = torch.tensor([index.get(attribute(a, name, val_split), -1) for a in val_objects])

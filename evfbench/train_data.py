@@ -47,9 +47,9 @@ SEMANTIC = "[semantic]"  # the multitask checkpoints' added token; semantic prom
 
 
 def _hidden(ann: Annotation) -> str:
-    from evfbench.prep.shapes import hidden_share
+    from evfbench.prep.shapes import hidden_class
 
-    return hidden_share(ann.area, ann.attributes["full_area"])
+    return hidden_class(ann.area, ann.attributes["full_area"])
 
 
 # Attributes computed from a record: name -> (the recorded attribute they need, how). ``hidden``

@@ -837,7 +837,7 @@ def attribute_words(root: Path | None = None) -> dict[int, str]:
     return out
 
 
-def hidden_share(area: float, full_area: float) -> str:
+def hidden_class(area: float, full_area: float) -> str:
     """A shape's hidden share in the three classes its "hidden" sentences tell apart: ``partly``
     ("the partially hidden circle"), ``whole`` (never called hidden) and ``slightly`` (neither).
     Training reads it as the derived attribute ``hidden`` (:mod:`evfbench.train_data`)."""
