@@ -346,6 +346,11 @@ def _trinary(value: float, true_below: float, false_above: float) -> bool | None
     return True if value <= true_below else False if value >= false_above else None
 
 
+def _hidden(area: float, full_area: float) -> bool | None:
+    """Is a shape with ``area`` of its ``full_area`` visible "partially hidden" (None = unclear)?"""
+    return _trinary(area / full_area, 1 - HIDDEN_TRUE, 1 - HIDDEN_FALSE)
+
+
 def _region(s: Shape, region: str, w: int, h: int) -> bool | None:
     """Is the centre in the named region of the image (None = near its border)?"""
     x, y = s.cx / w, s.cy / h
@@ -381,7 +386,7 @@ def _candidates(scene: Scene) -> dict[int, list[tuple[str, tuple]]]:
              "top": [s.cy for s in shapes], "bottom": [-s.cy for s in shapes]}
     region = {r: _predicate([_region(s, r, scene.width, scene.height) for s in shapes]) for r in REGIONS}
     occluded = any(s.visible_area < s.full_area for s in shapes)
-    hidden = _predicate([_trinary(s.visible_area / s.full_area, 1 - HIDDEN_TRUE, 1 - HIDDEN_FALSE) for s in shapes])
+    hidden = _predicate([_hidden(s.visible_area, s.full_area) for s in shapes])
 
     for f, members in filters.items():
         if len(members) == 1:
@@ -841,7 +846,7 @@ def hidden_class(area: float, full_area: float) -> str:
     """A shape's hidden share in the three classes its "hidden" sentences tell apart: ``partly``
     ("the partially hidden circle"), ``whole`` (never called hidden) and ``slightly`` (neither).
     Training reads it as the derived attribute ``hidden`` (:mod:`evfbench.train_data`)."""
-    hidden = _trinary(area / full_area, 1 - HIDDEN_TRUE, 1 - HIDDEN_FALSE)
+    hidden = _hidden(area, full_area)
     return "slightly" if hidden is None else "partly" if hidden else "whole"
 
 
