@@ -452,6 +452,35 @@ def test_cli_through_the_prep_dispatcher(tmp_path: Path, monkeypatch: pytest.Mon
         prep(["shapes", "--scale", "huge"])
 
 
+def test_more_train_images_keep_the_evaluation_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--train-images grows the train split only: its first images, and every val and test
+    image and sentence, are those of the scale's corpus (only the image ids move)."""
+    from evfbench.prep.__main__ import main as prep
+
+    monkeypatch.setitem(shapes.SCALES, "default", {"train": 3, "val": 2, "testA": 2, "testB": 2})
+    assert prep(["shapes", "--data-root", str(tmp_path / "small")]) == 0
+    assert prep(["shapes", "--data-root", str(tmp_path / "big"), "--train-images", "7"]) == 0
+    assert "7 train images" in capsys.readouterr().out
+    (small, small_inst), (big, big_inst) = _load(tmp_path / "small"), _load(tmp_path / "big")
+    assert len({r["image_id"] for r in big if r["split"] == "train"}) == 7
+
+    def by_split(refs: list[dict], inst: dict, split: str) -> list[tuple[list[str], bytes]]:
+        files = {im["id"]: im["file_name"] for im in inst["images"]}
+        root = tmp_path / ("small" if inst is small_inst else "big") / "images" / "shapes"
+        out, seen = [], set()
+        for r in refs:
+            if r["split"] == split and r["image_id"] not in seen:
+                seen.add(r["image_id"])
+                sentences = [s["sent"] for q in refs if q["image_id"] == r["image_id"] for s in q["sentences"]]
+                out.append((sentences, (root / files[r["image_id"]]).read_bytes()))
+        return out
+
+    for split in ("val", "testA", "testB"):
+        assert by_split(small, small_inst, split) == by_split(big, big_inst, split)
+    assert by_split(small, small_inst, "train") == by_split(big, big_inst, "train")[:3]
+
+
 def test_bad_counts_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown shapes split"):
         shapes.build_shapes(tmp_path, {"test": 3})

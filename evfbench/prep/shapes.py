@@ -868,23 +868,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=None, help="default: $EVFBENCH_DATA or ~/.cache/evfbench/data")
     sizes = ", ".join(f"{name}: {sum(counts.values())} images" for name, counts in SCALES.items())
     p.add_argument("--scale", choices=sorted(SCALES), default="default", help=f"default: %(default)s ({sizes})")
+    p.add_argument("--train-images", type=int, default=None,
+                   help="train images instead of the scale's; val and test keep the scale's (the very same images "
+                        "and sentences), so a model trained on more data is scored on the same benchmark")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even if the same corpus is already complete")
     args = p.parse_args(argv)
     root = args.data_root or default_data_root()
+    n_images = None if args.train_images is None else {**SCALES[args.scale], "train": args.train_images}
+    train = "" if n_images is None else f", {args.train_images} train images"
     start = time.perf_counter()
     try:
-        stats = build_shapes(root, scale=args.scale, seed=args.seed, force=args.force)
+        stats = build_shapes(root, n_images, scale=args.scale, seed=args.seed, force=args.force)
     except OSError as err:
         print(f"error: cannot write the shapes corpus under {root}: {err}\n  fix: pass a writable --data-root",
               file=sys.stderr)
         return 1
     if stats is None:
-        print(f"shapes corpus already complete under {root} (seed {args.seed}, scale {args.scale}); "
+        print(f"shapes corpus already complete under {root} (seed {args.seed}, scale {args.scale}{train}); "
               f"--force rebuilds it")
         return 0
     print(f"wrote the shapes corpus under {root} in {time.perf_counter() - start:.1f} s "
-          f"(seed {args.seed}, scale {args.scale})")
+          f"(seed {args.seed}, scale {args.scale}{train})")
     print(format_statistics(stats))
     return 0
 
