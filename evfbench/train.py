@@ -92,6 +92,7 @@ from tqdm import tqdm
 
 from evfbench.distributed import Context, distributed
 from evfbench.errors import EvfbenchError, cli
+from evfbench.feature_store import FeatureStore
 from evfbench.io import atomic_write_bytes, atomic_write_figure, atomic_write_json, atomic_write_text
 from evfbench.train_data import Example, Item, TrainingData, train_tokenizer
 
@@ -109,7 +110,7 @@ LOG_COLUMNS = ("step", "loss", *LOSS_PARTS, "lr", "samples_per_s", "elapsed_s")
 EVAL_COLUMNS = ("step", "split", "ciou", "giou", "n_sentences")
 # Fields that may change between a run and its --resume (they do not change the trajectory).
 RESUME_FREE = frozenset({"eval_every", "eval_limit", "log_every", "checkpoint_every", "keep_checkpoints", "val_split",
-                         "final_dtype"})
+                         "final_dtype", "feature_store"})
 DICE_SCALE, DICE_EPS = 1000.0, 1e-6
 
 
@@ -157,6 +158,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 1
     cache: bool = False  # keep decoded images and frozen SAM embeddings in memory (small datasets, e.g. shapes)
+    # A folder for the features of a frozen SAM image encoder, computed once per (image, flip) and
+    # shared by the processes of a run and by later stages with the same encoder
+    # (evfbench.feature_store); relative paths resolve against the working directory, as init does.
+    feature_store: str | None = None
     # Weight of a per-pixel category cross-entropy on the SAM image embedding, through a 1x1 head kept
     # in the trainer state, not in model/. A SAM trained from scratch with box prompts never has to
     # learn what the objects are; a pretrained one knows (shapes: data_prep/shapes.md). In the text
@@ -216,6 +221,9 @@ class TrainConfig:
                                  f"does not train as such (category_aux {self.category_aux}, stage {self.stage}; "
                                  "sam_categories scores its head per category)\n  fix: set --category-aux to a weight > 0 "
                                  "in a sam_boxes or text stage, or drop the attributes")
+        if self.feature_store and ("image_encoder" in self.train or self.stage in SAM_STAGES):
+            raise TrainError("feature_store keeps the features of a frozen SAM image encoder, but this run trains it\n"
+                             "  fix: drop feature_store from the config, or image_encoder from --train")
         if self.category_aux > 0 and "image_encoder" not in self.train:
             raise TrainError("category_aux trains the SAM image encoder, but --train does not name image_encoder\n"
                              "  fix: add image_encoder to --train or set --category-aux 0")
@@ -362,6 +370,8 @@ class Trainer(nn.Module):
         self.device = device
         self.cache_sam = cfg.cache and "image_encoder" not in cfg.train
         self._cache: dict[tuple[int, int, bool], Any] = {}
+        self.store: FeatureStore | None = None  # with feature_store: see attach_store
+        self._store_paths: dict[tuple[int, int], Path] = {}
         self.category_head: nn.Module | None = None
         self.class_splits = [n_classes + 1, *(n + 1 for n in head_classes)]
         if cfg.category_aux > 0:
@@ -381,6 +391,37 @@ class Trainer(nn.Module):
         """The auxiliary heads by name (their trainer-state and optimizer-group names)."""
         return {"category_head": self.category_head, "grounding_head": self.grounding_head}
 
+    def attach_store(self, data: TrainingData, ctx: Context, progress: bool = True) -> None:
+        """Open (and build, if needed) the :class:`FeatureStore` of every training image under
+        ``cfg.feature_store``; :meth:`_sam_features` then reads the frozen features from it."""
+        net = self.net
+        groups = {g.path: g for source in data.groups for g in source}
+        self._store_paths = {(s, i): g.path for s, source in enumerate(data.groups) for i, g in enumerate(source)}
+        modules = trainable_modules(net)
+
+        def encode(path: Path, flip: bool) -> Any:
+            image = groups[path].load_image()
+            if flip:
+                image = np.ascontiguousarray(image[:, ::-1])
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=PRECISIONS[self.cfg.precision],
+                                                 enabled=self.cfg.precision != "fp32"):
+                return net.backend.encode(net.visual_model, image, self.device)
+
+        flips = [False, True] if self.cfg.flip_prob > 0 else [False]
+        self.store = FeatureStore.open(Path(self.cfg.feature_store), net, [modules["prompt_encoder"], modules["mask_decoder"]],
+                                       list(groups), flips, self.cfg.precision, encode, ctx, progress)
+
+    def _stored(self, item: Item) -> Any:
+        """One example's features from the store; the positional encoding is the prompt encoder's."""
+        from evfbench.models.sam_backends import SamFeatures
+
+        assert self.store is not None
+        tensors, size = self.store.tensors(self._store_paths[(item.source, item.group)], item.flip)
+        vm = self.net.visual_model
+        pe = (vm.sam_prompt_encoder if self.net.config.family == "sam2" else vm.prompt_encoder).get_dense_pe()
+        high = [tensors[f"high_res.{k}"].to(self.device) for k in range(len(tensors) - 1)] or None
+        return SamFeatures(image_embed=tensors["image_embed"].to(self.device), image_pe=pe, high_res=high, input_size=size)
+
     def _sam_features(self, examples: list[Example]) -> list[Any]:
         """SAM features per example: from the cache, else encoded. A frozen encoder sees one
         image at a time, so a cached embedding does not depend on the batch that computed it
@@ -388,6 +429,8 @@ class Trainer(nn.Module):
         from evfbench.models.sam_backends import SamFeatures
 
         net, frozen = self.net, "image_encoder" not in self.cfg.train
+        if frozen and self.store is not None:
+            return [self._stored(ex.item) for ex in examples]
         keys = [(ex.item.source, ex.item.group, ex.item.flip) for ex in examples]
         todo = [i for i, key in enumerate(keys) if key not in self._cache]
         out: dict[int, Any] = {i: self._cache[key] for i, key in enumerate(keys) if key in self._cache}
@@ -890,6 +933,8 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                           head_classes=[len(values) for values in data.head_values.values()])
         if resume_from is None:
             carry_heads(trainer, cfg, announce=ctx.is_main)
+        if cfg.feature_store:
+            trainer.attach_store(data, ctx, progress)
         module: nn.Module = trainer
         if ctx.enabled:
             module = nn.parallel.DistributedDataParallel(
@@ -1082,6 +1127,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("keep-checkpoints", int)):
         p.add_argument(f"--{name}", type=kind)
     p.add_argument("--cache", action="store_true", default=None, help="keep images and frozen SAM embeddings in memory")
+    p.add_argument("--feature-store", help="folder for the frozen SAM features, computed once per image and flip and "
+                   "shared by processes and by later stages with the same encoder")
     p.add_argument("--category-aux", type=float, help="weight of a per-pixel category loss on the SAM embedding (a SAM "
                    "trained from scratch then learns what the objects are); needs image_encoder in --train")
     p.add_argument("--category-aux-attributes", type=_csv_list, help="annotation attributes crossed with the category in "

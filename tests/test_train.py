@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from evfbench import train as train_module
 from evfbench.errors import EvfbenchError
+from evfbench.feature_store import FeatureStore
 from evfbench.models.evf_sam import EvfConfig, build_net
 from evfbench.prep.shapes import build_shapes
 from evfbench.registry import create_model
@@ -280,6 +281,59 @@ def test_resume_is_bit_identical(data_root: Path, tmp_path: Path) -> None:
     assert (tmp_path / "whole" / "train_log.csv").read_text().splitlines()[1:] != []
     losses = lambda p: [r.split(",")[1] for r in (p / "train_log.csv").read_text().splitlines()[1:]]  # noqa: E731
     assert losses(tmp_path / "whole") == losses(tmp_path / "part")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_feature_store_gives_the_run_of_the_in_memory_cache(data_root: Path, tmp_path: Path, precision: str) -> None:
+    cfg = tiny_config(data_root, steps=3, flip_prob=0.5, precision=precision)
+    memory = train(cfg, tmp_path / "memory", progress=False)
+    stored = train(dataclasses.replace(cfg, feature_store=str(tmp_path / "store")), tmp_path / "stored", progress=False)
+    a, b = load_file(str(memory / "model.safetensors")), load_file(str(stored / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    (folder,) = [p.parent for p in (tmp_path / "store").glob("*/index.json")]
+    index = json.loads((folder / "index.json").read_text())
+    assert len(index["paths"]) == 8 and index["flips"] == [False, True]  # the 8 train images, both ways
+    embed = np.load(folder / "image_embed.npy", mmap_mode="r")
+    assert embed.shape[:2] == (8, 2) and np.abs(embed).sum(axis=(2, 3, 4)).min() > 0  # every row written
+
+
+def test_a_later_stage_with_the_same_encoder_maps_the_same_store(data_root: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_config(data_root, steps=1, flip_prob=0.5, feature_store=str(tmp_path / "store"))
+    train(cfg, tmp_path / "first", progress=False)
+    monkeypatch.setattr(FeatureStore, "_build", staticmethod(lambda *a, **k: pytest.fail("rebuilt")))
+    train(dataclasses.replace(cfg, lr=0.0), tmp_path / "again", progress=False)
+    monkeypatch.undo()  # other weights (another seed's initialisation) get a store of their own
+    train(dataclasses.replace(cfg, seed=1), tmp_path / "other", progress=False)
+    assert len(list((tmp_path / "store").glob("*/index.json"))) == 2
+
+
+def test_an_interrupted_feature_store_is_built_again(data_root: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_config(data_root, steps=1, feature_store=str(tmp_path / "store"))
+    real = FeatureStore._build
+
+    def crash(folder: Path, paths, flips, encode, ctx, progress) -> None:
+        def failing(path: Path, flip: bool):
+            if path == paths[3]:
+                raise RuntimeError("killed")
+            return encode(path, flip)
+        real(folder, paths, flips, failing, ctx, progress)
+
+    monkeypatch.setattr(FeatureStore, "_build", staticmethod(crash))
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, tmp_path / "a", progress=False)
+    assert not list((tmp_path / "store").glob("*/index.json")) and list((tmp_path / "store").glob("*.partial"))
+    monkeypatch.undo()
+    train(cfg, tmp_path / "b", progress=False)
+    assert len(list((tmp_path / "store").glob("*/index.json"))) == 1 and not list((tmp_path / "store").glob("*.partial"))
+
+
+def test_feature_store_needs_a_frozen_encoder() -> None:
+    with pytest.raises(TrainError, match="feature_store"):
+        TrainConfig(feature_store="store", train=["image_encoder", "mask_decoder"]).validate()
+    with pytest.raises(TrainError, match="feature_store"):
+        TrainConfig(feature_store="store", stage="sam_boxes", train=["mask_decoder"]).validate()
 
 
 def test_sam_boxes_stage_feeds_a_text_stage(data_root: Path, tmp_path: Path) -> None:
@@ -595,13 +649,17 @@ def test_torchrun_two_processes_match_one(data_root: Path, tmp_path: Path) -> No
     config = tmp_path / "c.yaml"
     config.write_text(cfg.to_yaml())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the two processes read the frozen SAM features from a store each built half of; the one
+    # process computes them in memory: the same step shows the store holds the same features
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "evfbench.train",
-           "--config", str(config), "--per-device-batch", "1", "--output-dir", str(tmp_path / "ddp"), "--no-progress"]
+           "--config", str(config), "--per-device-batch", "1", "--output-dir", str(tmp_path / "ddp"), "--no-progress",
+           "--feature-store", str(tmp_path / "store")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "broadcast_buffers" not in proc.stderr  # torch 2.14 warns in every process on the old DDP flag
     assert train_module.main(["--config", str(config), "--per-device-batch", "4", "--output-dir", str(tmp_path / "one"),
                               "--no-progress"]) == 0
+    assert len(list((tmp_path / "store").glob("*/index.json"))) == 1
     ddp = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
     one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
     start = train(dataclasses.replace(cfg, steps=1, lr=0.0), tmp_path / "zero", progress=False)
