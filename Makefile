@@ -38,6 +38,7 @@ bench: setup
 	$(PY) benchmarks/bench_embedding_cache.py
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_processes.py
+	$(PY) benchmarks/bench_feature_store.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
