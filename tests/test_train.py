@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -327,6 +328,19 @@ def test_an_interrupted_feature_store_is_built_again(data_root: Path, tmp_path: 
     monkeypatch.undo()
     train(cfg, tmp_path / "b", progress=False)
     assert len(list((tmp_path / "store").glob("*/index.json"))) == 1 and not list((tmp_path / "store").glob("*.partial"))
+
+
+def test_building_the_feature_store_counts_in_the_run_time(data_root: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    real = FeatureStore.open.__func__
+
+    def slow(cls, *args, **kwargs):
+        time.sleep(1.0)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "open", classmethod(slow))
+    train(tiny_config(data_root, steps=1, feature_store=str(tmp_path / "store")), tmp_path / "run", progress=False)
+    assert float(read_csv(tmp_path / "run" / "train_log.csv")[0]["elapsed_s"]) >= 1.0
 
 
 def test_feature_store_needs_a_frozen_encoder() -> None:
