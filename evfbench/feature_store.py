@@ -42,7 +42,7 @@ from evfbench.io import atomic_write_text
 __all__ = ["FeatureStore", "store_key"]
 
 INDEX = "index.json"
-VERSION = 1
+VERSION = 2
 
 
 def _frozen_state(net: nn.Module, skip: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
@@ -83,6 +83,7 @@ class FeatureStore:
         self.flips: list[bool] = index["flips"]
         self._row = {p: i for i, p in enumerate(self.paths)}
         self._arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in index["tensors"]}
+        self._dtypes = {name: getattr(torch, dtype) for name, dtype in index["dtypes"].items()}
         self._sizes = np.load(folder / "input_size.npy")
 
     @classmethod
@@ -103,7 +104,8 @@ class FeatureStore:
     @staticmethod
     def _build(folder: Path, paths: list[Path], flips: Sequence[bool], encode: Any, ctx: Context, progress: bool) -> None:
         partial = folder.with_name(folder.name + ".partial")
-        first = {name: t.shape[1:] for name, t in _tensors(encode(paths[0], flips[0])).items()}  # (1, C, H, W) -> (C, H, W)
+        probe = _tensors(encode(paths[0], flips[0]))
+        first = {name: t.shape[1:] for name, t in probe.items()}  # (1, C, H, W) -> (C, H, W)
         if ctx.is_main:
             shutil.rmtree(partial, ignore_errors=True)  # an interrupted build starts again
             try:
@@ -136,19 +138,21 @@ class FeatureStore:
                     table[row] = size
             np.save(partial / "input_size.npy", table)
             index = {"version": VERSION, "paths": [str(p) for p in paths], "flips": list(flips),
-                     "tensors": {name: list(shape) for name, shape in first.items()}}
+                     "tensors": {name: list(shape) for name, shape in first.items()},
+                     "dtypes": {name: str(t.dtype).removeprefix("torch.") for name, t in probe.items()}}
             atomic_write_text(partial / INDEX, json.dumps(index))
             shutil.rmtree(folder, ignore_errors=True)
             partial.rename(folder)
         ctx.barrier()
 
     def tensors(self, path: Path | str, flip: bool) -> tuple[dict[str, torch.Tensor], tuple[int, int] | None]:
-        """``{name: (1, ...) float32 tensor}`` and the resized input size of one (image, flip)."""
+        """``{name: (1, ...) tensor}`` in the dtype the encoder gave it (kept as float32, which holds
+        a bf16 or fp16 value exactly) and the resized input size of one (image, flip)."""
         try:
             row, f = self._row[str(path)], self.flips.index(flip)
         except (KeyError, ValueError) as err:
             raise EvfbenchError(f"the SAM feature store {self.folder} holds no features of {path} (flip {flip})\n"
                                 "  fix: delete the folder; the next run rebuilds it") from err
-        out = {name: torch.from_numpy(np.array(a[row, f]))[None] for name, a in self._arrays.items()}
+        out = {name: torch.from_numpy(np.array(a[row, f]))[None].to(self._dtypes[name]) for name, a in self._arrays.items()}
         h, w = (int(v) for v in self._sizes[row])
         return out, None if h < 0 else (h, w)

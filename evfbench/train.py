@@ -420,7 +420,9 @@ class Trainer(nn.Module):
         vm = self.net.visual_model
         pe = (vm.sam_prompt_encoder if self.net.config.family == "sam2" else vm.prompt_encoder).get_dense_pe()
         high = [tensors[f"high_res.{k}"].to(self.device) for k in range(len(tensors) - 1)] or None
-        return SamFeatures(image_embed=tensors["image_embed"].to(self.device), image_pe=pe, high_res=high, input_size=size)
+        # image_embed as float, as the in-memory path keeps it; the rest as the encoder gave it
+        return SamFeatures(image_embed=tensors["image_embed"].to(self.device).float(), image_pe=pe, high_res=high,
+                           input_size=size)
 
     def _sam_features(self, examples: list[Example]) -> list[Any]:
         """SAM features per example: from the cache, else encoded. A frozen encoder sees one

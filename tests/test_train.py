@@ -284,9 +284,10 @@ def test_resume_is_bit_identical(data_root: Path, tmp_path: Path) -> None:
     assert losses(tmp_path / "whole") == losses(tmp_path / "part")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_feature_store_gives_the_run_of_the_in_memory_cache(data_root: Path, tmp_path: Path, precision: str) -> None:
-    cfg = tiny_config(data_root, steps=3, flip_prob=0.5, precision=precision)
+@pytest.mark.parametrize("model, precision", [("evf_sam_tiny", "fp32"), ("evf_sam_tiny", "bf16"), ("evf_sam2_tiny", "bf16")])
+def test_feature_store_gives_the_run_of_the_in_memory_cache(data_root: Path, tmp_path: Path, model: str,
+                                                           precision: str) -> None:
+    cfg = tiny_config(data_root, model=model, steps=3, flip_prob=0.5, precision=precision)
     memory = train(cfg, tmp_path / "memory", progress=False)
     stored = train(dataclasses.replace(cfg, feature_store=str(tmp_path / "store")), tmp_path / "stored", progress=False)
     a, b = load_file(str(memory / "model.safetensors")), load_file(str(stored / "model.safetensors"))
