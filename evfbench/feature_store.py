@@ -61,7 +61,7 @@ def store_key(net: nn.Module, skip: Sequence[nn.Module], paths: Sequence[Path], 
                          "precision": precision, "flips": list(flips), "paths": [str(p) for p in paths]}).encode())
     for name, tensor in sorted(_frozen_state(net, skip).items()):
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
     return h.hexdigest()[:20]
 
 
