@@ -10,12 +10,12 @@ writes the features to ``.npy`` files, and every process and every later stage w
 has the same weights maps those files (``numpy`` memory maps: the page cache holds one copy
 for all processes).
 
-Layout: ``<root>/<key>/`` with ``index.json`` (the image paths, in row order, the flips and the
-shape of each feature tensor) and ``<name>.npy`` of shape ``(images, flips, *shape)``, one per
+Layout: ``<root>/<key>/`` with ``index.json`` (the image paths, in row order, the flips, and the
+shape and dtype of each feature tensor) and ``<name>.npy`` of shape ``(images, flips, *shape)``, one per
 tensor of :class:`~evfbench.models.sam_backends.SamFeatures` (``image_embed``, SAM-2's
 ``high_res.<level>``), plus ``input_size.npy``. ``key`` hashes the frozen encoder's tensors,
-the backend and its input size, the image paths and the flips: a store is never read for
-other weights or other images. The folder is filled under a temporary name and renamed into
+the backend and its input size, each image's path, size and modification time, and the flips:
+a store is never read for other weights or other images (a regenerated corpus gets a new one). The folder is filled under a temporary name and renamed into
 place, so an interrupted build is started again, never half read. Features are computed one
 image at a time under the run's autocast, as :meth:`Trainer._sam_features` computes them
 without a store, so a run gives the same result with or without one (and the precision is
@@ -57,8 +57,9 @@ def store_key(net: nn.Module, skip: Sequence[nn.Module], paths: Sequence[Path], 
     """A digest of everything the stored features depend on (see the module docstring)."""
     h = hashlib.sha256()
     backend = net.backend
+    files = [(str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in paths]  # a rewritten image is another image
     h.update(json.dumps({"version": VERSION, "family": backend.family, "img_size": backend.img_size,
-                         "precision": precision, "flips": list(flips), "paths": [str(p) for p in paths]}).encode())
+                         "precision": precision, "flips": list(flips), "files": files}).encode())
     for name, tensor in sorted(_frozen_state(net, skip).items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype

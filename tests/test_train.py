@@ -308,6 +308,10 @@ def test_a_later_stage_with_the_same_encoder_maps_the_same_store(data_root: Path
     monkeypatch.undo()  # other weights (another seed's initialisation) get a store of their own
     train(dataclasses.replace(cfg, seed=1), tmp_path / "other", progress=False)
     assert len(list((tmp_path / "store").glob("*/index.json"))) == 2
+    image = next((data_root / "images" / "shapes").glob("*.png"))  # a rewritten image: another store
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    train(dataclasses.replace(cfg, lr=0.0), tmp_path / "rewritten", progress=False)
+    assert len(list((tmp_path / "store").glob("*/index.json"))) == 3
 
 
 def test_an_interrupted_feature_store_is_built_again(data_root: Path, tmp_path: Path,
