@@ -411,14 +411,12 @@ class Trainer(nn.Module):
         self.store = FeatureStore.open(Path(self.cfg.feature_store), net, [modules["prompt_encoder"], modules["mask_decoder"]],
                                        list(groups), flips, self.cfg.precision, encode, ctx, progress)
 
-    def _stored(self, item: Item) -> Any:
-        """One example's features from the store; the positional encoding is the prompt encoder's."""
+    def _stored(self, item: Item, pe: torch.Tensor) -> Any:
+        """One example's features from the store, with ``pe``, the prompt encoder's positional encoding."""
         from evfbench.models.sam_backends import SamFeatures
 
         assert self.store is not None
         tensors, size = self.store.tensors(self._store_paths[(item.source, item.group)], item.flip)
-        vm = self.net.visual_model
-        pe = (vm.sam_prompt_encoder if self.net.config.family == "sam2" else vm.prompt_encoder).get_dense_pe()
         high = [tensors[f"high_res.{k}"].to(self.device) for k in range(len(tensors) - 1)] or None
         # image_embed as float, as the in-memory path keeps it; the rest as the encoder gave it
         return SamFeatures(image_embed=tensors["image_embed"].to(self.device).float(), image_pe=pe, high_res=high,
@@ -432,7 +430,8 @@ class Trainer(nn.Module):
 
         net, frozen = self.net, "image_encoder" not in self.cfg.train
         if frozen and self.store is not None:
-            return [self._stored(ex.item) for ex in examples]
+            pe = trainable_modules(net)["prompt_encoder"].get_dense_pe()  # the same for every image
+            return [self._stored(ex.item, pe) for ex in examples]
         keys = [(ex.item.source, ex.item.group, ex.item.flip) for ex in examples]
         todo = [i for i, key in enumerate(keys) if key not in self._cache]
         out: dict[int, Any] = {i: self._cache[key] for i, key in enumerate(keys) if key in self._cache}
@@ -935,11 +934,11 @@ def train(cfg: TrainConfig, output_dir: Path, resume: bool = False, progress: bo
                           head_classes=[len(values) for values in data.head_values.values()])
         if resume_from is None:
             carry_heads(trainer, cfg, announce=ctx.is_main)
-        store_s = time.perf_counter()
+        store_s = 0.0  # building the store counts in the run's time, as encoding inside the steps does without it
         if cfg.feature_store:
+            started = time.perf_counter()
             trainer.attach_store(data, ctx, progress)
-        # building the store counts in the run's time, as encoding inside the steps does without it
-        store_s = time.perf_counter() - store_s
+            store_s = time.perf_counter() - started
         module: nn.Module = trainer
         if ctx.enabled:
             module = nn.parallel.DistributedDataParallel(
