@@ -9,7 +9,10 @@ runs/<stage>/model`` in its config). A recipe file lists them in order::
       - {config: ../evf_sam_tiny_text_shapes/colour_config.yaml, output: shapes_text_colour}
 
 ``config`` is relative to the recipe file; ``output`` is the run folder under
-``<workdir>/runs/``. Every stage runs in ``<workdir>``, so the configs' relative paths resolve,
+``<workdir>/runs/``. An optional ``corpus: {shapes: {train_images: 8000}}`` names the options of
+``python -m evfbench.prep shapes`` that built the corpus the stages trained on (``scale``,
+``seed``, ``train_images``); the data root must hold that very corpus, or the chain would train
+on other data than the one its numbers come from. Every stage runs in ``<workdir>``, so the configs' relative paths resolve,
 as ``torchrun --nproc_per_node N`` (cores / N threads each unless ``OMP_NUM_THREADS`` is set)
 or, with ``--nproc 1``, as one process. A finished stage (its ``model/`` exists) is skipped,
 once its ``config.yaml`` is found to match the stage's (all but ``data_root`` and the fields
@@ -33,11 +36,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import yaml
 
 from evfbench.cards import registry_root
+from evfbench.data import default_data_root
 from evfbench.errors import EvfbenchError, cli
+from evfbench.prep import shapes
 from evfbench.train import TrainConfig, build_parser as train_parser, config_changes, config_from_args, read_csv
 
 
@@ -90,6 +96,31 @@ def load(path: Path) -> list[Stage]:
         raise RecipeError(f"{path}: two stages write the same output folder ({outputs})")
     check_links(path, stages)
     return stages
+
+
+def corpus(path: Path) -> dict[str, Any]:
+    """The recipe's ``corpus`` entry: the ``prep shapes`` options of its training corpus ({} if none)."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entry = (data.get("corpus") if isinstance(data, dict) else None) or {}
+    options = entry.get("shapes") if isinstance(entry, dict) and set(entry) == {"shapes"} else None
+    if entry and not (isinstance(options, dict) and set(options) <= {"scale", "seed", "train_images"}):
+        raise RecipeError(f"{path}: 'corpus' must be {{shapes: {{...}}}} with some of scale, seed, train_images "
+                          f"(the options of python -m evfbench.prep shapes); got {entry!r}")
+    return dict(options or {})
+
+
+def corpus_problem(path: Path, data_root: Path | None) -> str | None:
+    """Why the data root does not hold the corpus the recipe names (None when it does, or names none)."""
+    options = corpus(path)
+    if not options:
+        return None
+    root = data_root or default_data_root()
+    if shapes.is_built(root, **options):
+        return None
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
+    return (f"{path} trains on the shapes corpus of `python -m evfbench.prep shapes {flags}`, which {root} does not "
+            f"hold complete (its {root / 'shapes' / 'MANIFEST.json'} names other options, or none)\n"
+            f"  fix: python -m evfbench.prep shapes --data-root NEW_ROOT {flags}, then pass --data-root NEW_ROOT")
 
 
 def check_links(path: Path, stages: list[Stage]) -> None:
@@ -176,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         raise RecipeError(f"--nproc must be at least 1; got {args.nproc}")
     path = resolve(args.recipe)
     stages = load(path)
+    problem = corpus_problem(path, args.data_root)
+    if problem and not args.dry_run:
+        raise RecipeError(problem)
+    if problem:
+        print(f"note: {problem}")
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
     for i, stage in enumerate(stages, 1):

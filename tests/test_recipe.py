@@ -11,6 +11,7 @@ import yaml
 
 from evfbench import recipe
 from evfbench.cards import registry_root
+from evfbench.prep import shapes
 from evfbench.prep.shapes import build_shapes
 from evfbench.train import TrainConfig
 
@@ -49,6 +50,27 @@ def test_links_are_checked_before_anything_runs(tmp_path: Path) -> None:
         recipe.load(backwards)
     with pytest.raises(recipe.RecipeError, match="no recipe .*nowhere'"):
         recipe.resolve(str(tmp_path / "nowhere"))
+
+
+def test_the_corpus_a_recipe_names_must_be_under_the_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(shapes.SCALES, "default", {"train": 3, "val": 1, "testA": 1, "testB": 1})
+    build_shapes(tmp_path / "small", progress=False)
+    build_shapes(tmp_path / "big", shapes.n_images_for(train_images=5), progress=False)
+    path = write_recipe(tmp_path / "recipe", {"s1": tiny(**BOXES)})
+    path.write_text(path.read_text() + "corpus: {shapes: {train_images: 5}}\n", encoding="utf-8")
+    argv = [str(path), "--workdir", str(tmp_path / "work")]
+    assert recipe.main(argv + ["--data-root", str(tmp_path / "small")]) == 2  # nothing trained on the wrong corpus
+    err = capsys.readouterr().err
+    assert "prep shapes --train-images 5" in err and "fix: python -m evfbench.prep shapes --data-root NEW_ROOT" in err
+    assert not (tmp_path / "work").exists()
+    assert recipe.main(argv + ["--data-root", str(tmp_path / "small"), "--dry-run"]) == 0
+    assert "note: " in capsys.readouterr().out
+    assert recipe.main(argv + ["--data-root", str(tmp_path / "big"), "--dry-run"]) == 0
+    assert "note: " not in capsys.readouterr().out
+    path.write_text(path.read_text().replace("train_images: 5", "images: 5"), encoding="utf-8")
+    with pytest.raises(recipe.RecipeError, match="'corpus' must be"):
+        recipe.corpus(path)
 
 
 @pytest.mark.parametrize("folder", sorted(p.parent.name for p in (registry_root() / "weights").glob("*/recipe.yaml")))

@@ -462,6 +462,8 @@ def test_more_train_images_keep_the_evaluation_splits(tmp_path: Path, monkeypatc
     assert prep(["shapes", "--data-root", str(tmp_path / "small")]) == 0
     assert prep(["shapes", "--data-root", str(tmp_path / "big"), "--train-images", "7"]) == 0
     assert "7 train images" in capsys.readouterr().out
+    assert shapes.is_built(tmp_path / "big", train_images=7) and shapes.is_built(tmp_path / "small")
+    assert not shapes.is_built(tmp_path / "small", train_images=7) and not shapes.is_built(tmp_path / "big")
     (small, small_inst), (big, big_inst) = _load(tmp_path / "small"), _load(tmp_path / "big")
     assert len({r["image_id"] for r in big if r["split"] == "train"}) == 7
 

@@ -726,6 +726,21 @@ def _is_complete(root: Path, settings: dict[str, Any]) -> bool:
     return sum(1 for _ in (Path(root) / IMAGE_DIR).glob("shapes_*.png")) == manifest.get("n_image_files")
 
 
+def n_images_for(scale: str = "default", train_images: int | None = None) -> dict[str, int] | None:
+    """Images per split of ``prep shapes --scale S --train-images N`` (None: the scale's own)."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown shapes scale '{scale}'; choose one of {', '.join(SCALES)}")
+    return None if train_images is None else {**SCALES[scale], "train": train_images}
+
+
+def is_built(root: Path, *, scale: str = "default", seed: int = 0, train_images: int | None = None) -> bool:
+    """True when ``root`` holds, complete, the corpus ``prep shapes`` builds with these options."""
+    n_images = n_images_for(scale, train_images)
+    settings = {"generator_version": GENERATOR_VERSION, "seed": seed, "scale": "custom" if n_images else scale,
+                "n_images": _check_counts(n_images or SCALES[scale])}
+    return _is_complete(Path(root), settings)
+
+
 def build_shapes(
     root: Path,
     n_images: Mapping[str, int] | None = None,
@@ -875,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="rebuild even if the same corpus is already complete")
     args = p.parse_args(argv)
     root = args.data_root or default_data_root()
-    n_images = None if args.train_images is None else {**SCALES[args.scale], "train": args.train_images}
+    n_images = n_images_for(args.scale, args.train_images)
     train = "" if n_images is None else f", {args.train_images} train images"
     start = time.perf_counter()
     try:
