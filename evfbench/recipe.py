@@ -12,9 +12,9 @@ runs/<stage>/model`` in its config). A recipe file lists them in order::
 ``<workdir>/runs/``. An optional ``corpus: {shapes: {train_images: 8000}}`` names the options of
 ``python -m evfbench.prep shapes`` that built the corpus the stages trained on (``scale``,
 ``seed``, ``train_images``); the data root must hold that very corpus, or the chain would train
-on other data than the one its numbers come from. Every stage runs in ``<workdir>``, so the configs' relative paths resolve,
-as ``torchrun --nproc_per_node N`` (cores / N threads each unless ``OMP_NUM_THREADS`` is set)
-or, with ``--nproc 1``, as one process. A finished stage (its ``model/`` exists) is skipped,
+on other data than its numbers come from. Every stage runs in ``<workdir>``, so the configs'
+relative paths resolve, as ``torchrun --nproc_per_node N`` (cores / N threads each unless
+``OMP_NUM_THREADS`` is set) or, with ``--nproc 1``, as one process. A finished stage (its ``model/`` exists) is skipped,
 once its ``config.yaml`` is found to match the stage's (all but ``data_root`` and the fields
 that do not change a run), and an interrupted one is resumed from its last checkpoint:
 rerunning the command continues the chain.
@@ -118,8 +118,8 @@ def corpus_problem(path: Path, data_root: Path | None) -> str | None:
     if shapes.is_built(root, **options):
         return None
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
-    return (f"{path} trains on the shapes corpus of `python -m evfbench.prep shapes {flags}`, which {root} does not "
-            f"hold complete (its {root / 'shapes' / 'MANIFEST.json'} names other options, or none)\n"
+    return (f"{path} trains on the shapes corpus of `python -m evfbench.prep shapes {flags}`; {root} holds "
+            f"{shapes.describe(root)}\n"
             f"  fix: python -m evfbench.prep shapes --data-root NEW_ROOT {flags}, then pass --data-root NEW_ROOT")
 
 

@@ -63,6 +63,7 @@ def test_the_corpus_a_recipe_names_must_be_under_the_data_root(tmp_path: Path, m
     assert recipe.main(argv + ["--data-root", str(tmp_path / "small")]) == 2  # nothing trained on the wrong corpus
     err = capsys.readouterr().err
     assert "prep shapes --train-images 5" in err and "fix: python -m evfbench.prep shapes --data-root NEW_ROOT" in err
+    assert "scale default, with 3 / 1 / 1 / 1 images in train / val / testA / testB" in err
     assert not (tmp_path / "work").exists()
     assert recipe.main(argv + ["--data-root", str(tmp_path / "small"), "--dry-run"]) == 0
     assert "note: " in capsys.readouterr().out

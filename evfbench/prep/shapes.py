@@ -741,6 +741,17 @@ def is_built(root: Path, *, scale: str = "default", seed: int = 0, train_images:
     return _is_complete(Path(root), settings)
 
 
+def describe(root: Path) -> str:
+    """What MANIFEST.json says the corpus under ``root`` is, for error messages."""
+    try:
+        manifest = json.loads(_manifest_path(root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"no complete shapes corpus ({_manifest_path(root)} is missing or unreadable)"
+    counts = " / ".join(str(manifest.get("n_images", {}).get(split, "?")) for split in SPLITS)
+    return (f"the shapes corpus of seed {manifest.get('seed')}, scale {manifest.get('scale')}, with "
+            f"{counts} images in {' / '.join(SPLITS)} ({_manifest_path(root)})")
+
+
 def build_shapes(
     root: Path,
     n_images: Mapping[str, int] | None = None,
