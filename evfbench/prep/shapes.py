@@ -710,16 +710,31 @@ def _manifest_path(root: Path) -> Path:
     return Path(root) / DATASET / "MANIFEST.json"
 
 
+def _manifest(root: Path) -> dict[str, Any] | None:
+    """The MANIFEST.json under ``root``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(_manifest_path(root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _settings(n_images: Mapping[str, int] | None, scale: str, seed: int) -> dict[str, Any]:
+    """What MANIFEST.json records of the corpus ``build_shapes(n_images, scale=, seed=)`` builds."""
+    if n_images is None:
+        if scale not in SCALES:
+            raise ValueError(f"unknown shapes scale '{scale}'; choose one of {', '.join(SCALES)}")
+        n_images = SCALES[scale]
+    else:
+        scale = "custom"
+    return {"generator_version": GENERATOR_VERSION, "seed": seed, "scale": scale, "n_images": _check_counts(n_images)}
+
+
 def _is_complete(root: Path, settings: dict[str, Any]) -> bool:
     """True when MANIFEST.json says this corpus (same settings) is built and its files still match."""
-    path = _manifest_path(root)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    manifest = _manifest(root)
+    if manifest is None or {k: manifest.get(k) for k in settings} != settings:
         return False
-    if {k: manifest.get(k) for k in settings} != settings:
-        return False
-    folder = path.parent
+    folder = _manifest_path(root).parent
     for name, digest in manifest.get("files", {}).items():
         if not (folder / name).is_file() or _sha256(folder / name) != digest:
             return False
@@ -735,17 +750,13 @@ def n_images_for(scale: str = "default", train_images: int | None = None) -> dic
 
 def is_built(root: Path, *, scale: str = "default", seed: int = 0, train_images: int | None = None) -> bool:
     """True when ``root`` holds, complete, the corpus ``prep shapes`` builds with these options."""
-    n_images = n_images_for(scale, train_images)
-    settings = {"generator_version": GENERATOR_VERSION, "seed": seed, "scale": "custom" if n_images else scale,
-                "n_images": _check_counts(n_images or SCALES[scale])}
-    return _is_complete(Path(root), settings)
+    return _is_complete(root, _settings(n_images_for(scale, train_images), scale, seed))
 
 
 def describe(root: Path) -> str:
     """What MANIFEST.json says the corpus under ``root`` is, for error messages."""
-    try:
-        manifest = json.loads(_manifest_path(root).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    manifest = _manifest(root)
+    if manifest is None:
         return f"no complete shapes corpus ({_manifest_path(root)} is missing or unreadable)"
     counts = " / ".join(str(manifest.get("n_images", {}).get(split, "?")) for split in SPLITS)
     return (f"the shapes corpus of seed {manifest.get('seed')}, scale {manifest.get('scale')}, with "
@@ -768,15 +779,9 @@ def build_shapes(
     ``force``. Images go to a temporary folder that is renamed into place, the annotations are
     written atomically, and MANIFEST.json last, so an interrupted run never looks complete.
     """
-    if n_images is None:
-        if scale not in SCALES:
-            raise ValueError(f"unknown shapes scale '{scale}'; choose one of {', '.join(SCALES)}")
-        n_images = SCALES[scale]
-    else:
-        scale = "custom"
-    counts = _check_counts(n_images)
+    settings = _settings(n_images, scale, seed)
+    counts = settings["n_images"]
     root = Path(root)
-    settings = {"generator_version": GENERATOR_VERSION, "seed": seed, "scale": scale, "n_images": counts}
     if not force and _is_complete(root, settings):
         return None
 
