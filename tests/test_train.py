@@ -180,6 +180,20 @@ def test_mask_losses_by_hand() -> None:
     assert dice.item() < 1e-3
 
 
+def test_mask_losses_of_a_stack_are_those_of_each_mask() -> None:
+    # the trainer scores all the masks of an image at once; each must get what it gets alone
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 7, generator=g) * 4
+    target = (torch.rand(3, 6, 7, generator=g) > 0.6).float()
+    target[2] = 0  # an empty target among them
+    bce, dice = mask_losses(logits, target)
+    assert bce.shape == dice.shape == (3,)
+    for t in range(3):
+        one_bce, one_dice = mask_losses(logits[t], target[t])
+        assert one_bce.shape == one_dice.shape == ()
+        torch.testing.assert_close((bce[t], dice[t]), (one_bce, one_dice))
+
+
 @pytest.mark.parametrize("names", [["mask_decoder"], ["mm_encoder", "projector"], list(MODULES)])
 def test_freezing_flags_freeze_exactly_the_named_modules(names: list[str]) -> None:
     net = build_net(EvfConfig.create("sam", "test", "test"))
