@@ -259,8 +259,8 @@ class TrainConfig:
 # ---- losses ----------------------------------------------------------------------------------
 def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(BCE, dice)`` of each mask: logits and {0, 1} targets of the same ``(..., H, W)`` shape
-    -> two tensors of shape ``(...)`` (0-d for one ``(H, W)`` mask). All the masks of an image
-    at once: a per-mask loop was a dozen small ops per target in every step.
+    -> two tensors of shape ``(...)`` (0-d for one ``(H, W)`` mask), so the trainer scores all
+    the masks of an image in one call instead of a dozen small ops per mask.
 
     BCE is the mean over pixels; dice = ``1 - (2 sum(p t) / s + eps) / ((sum p + sum t) / s + eps)``
     with ``p = sigmoid(logits)``, ``s = 1000``, ``eps = 1e-6`` (LISA / EVF-SAM).
